@@ -1,0 +1,54 @@
+# Finds every dependency once. Debian packages (scripts/install-deps.sh) for the
+# CPU side; the CUDA toolkit already on the machine for the GPU side.
+
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+find_package(absl REQUIRED CONFIG)
+find_package(Threads REQUIRED)
+
+# OpenBLAS: we link the OpenMP build explicitly. Its GEMMs called from inside
+# our own OpenMP regions (per attention block, per expert) then run on one
+# thread instead of spawning a second pool that fights ours for the cores.
+find_path(MOE_CBLAS_INCLUDE_DIR cblas.h
+  HINTS /usr/include/x86_64-linux-gnu/openblas-openmp
+        /usr/include/aarch64-linux-gnu/openblas-openmp
+        /usr/include/openblas
+  NO_DEFAULT_PATH)
+find_library(MOE_OPENBLAS_LIBRARY openblas
+  HINTS /usr/lib/x86_64-linux-gnu/openblas-openmp
+        /usr/lib/aarch64-linux-gnu/openblas-openmp
+  NO_DEFAULT_PATH)
+if(NOT MOE_CBLAS_INCLUDE_DIR OR NOT MOE_OPENBLAS_LIBRARY)
+  message(FATAL_ERROR
+    "OpenBLAS (OpenMP build) not found. Run scripts/install-deps.sh, which installs "
+    "libopenblas-dev and libopenblas-openmp-dev.")
+endif()
+add_library(moe_openblas INTERFACE)
+target_include_directories(moe_openblas INTERFACE ${MOE_CBLAS_INCLUDE_DIR})
+target_link_libraries(moe_openblas INTERFACE ${MOE_OPENBLAS_LIBRARY} OpenMP::OpenMP_CXX)
+
+if(MOE_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(MOE_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()
+
+# CUDA: built whenever nvcc is present (MOE_CUDA=AUTO), for Hopper by default.
+set(MOE_WITH_CUDA OFF)
+if(NOT MOE_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      # CMake's default is an old architecture; our kernels target H100.
+      set(CMAKE_CUDA_ARCHITECTURES 90)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(MOE_WITH_CUDA ON)
+  elseif(MOE_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "MOE_CUDA=ON but no CUDA compiler (nvcc) was found. "
+      "Put the CUDA toolkit's bin/ on PATH or configure with -DMOE_CUDA=OFF.")
+  endif()
+endif()
+message(STATUS "moe: CUDA backend ${MOE_WITH_CUDA}")
