@@ -43,6 +43,8 @@ if(NOT MOE_CUDA STREQUAL "OFF")
       # CMake's default is an old architecture; our kernels target H100.
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
+    # One CUDA runtime per process: the shared one, which cuBLAS also uses.
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     set(MOE_WITH_CUDA ON)

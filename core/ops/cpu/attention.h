@@ -20,8 +20,8 @@ struct AttentionShape {
   int64_t q_heads = 0;
   int64_t kv_heads = 0;
   int64_t head_dim = 0;
-  double scale = 0;        // usually 1 / sqrt(head_dim)
-  int64_t block = 64;      // query and key block size
+  double scale = 0;    // usually 1 / sqrt(head_dim)
+  int64_t block = 64;  // query and key block size
 };
 
 template <typename T>
@@ -29,8 +29,8 @@ void AttentionForward(T* out, T* lse, const T* q, const T* k, const T* v,
                       const AttentionShape& shape);
 
 template <typename T>
-void AttentionBackward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
-                       const T* q, const T* k, const T* v, const AttentionShape& shape);
+void AttentionBackward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
+                       const T* k, const T* v, const AttentionShape& shape);
 
 }  // namespace moe::cpu
 

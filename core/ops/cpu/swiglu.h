@@ -1,6 +1,7 @@
 // SwiGLU activation on the CPU: out = silu(gate) * up, silu(a) = a / (1 + e^-a).
 //   gate, up, out, dgate, dup, dout: [n]
 // Gradient rule: dgate =, dup = (activations).
+// fp32 uses a vectorisable exp (within 2 ulp); fp64 uses std::exp.
 #ifndef MOE_CORE_OPS_CPU_SWIGLU_H_
 #define MOE_CORE_OPS_CPU_SWIGLU_H_
 

@@ -22,11 +22,11 @@ void Gemm(bool trans_a, bool trans_b, float alpha, const Tensor& a, const Tensor
           Tensor* c);
 
 // x, y: [rows, dim]; weight: [dim] (x's dtype); inv_rms: [rows] kF32.
-void RmsNormForward(const Tensor& x, const Tensor& weight, double eps, Tensor* y,
-                    Tensor* inv_rms);
-// dx: like x (=); dweight: [dim] kF32 (+=).
-void RmsNormBackward(const Tensor& dy, const Tensor& x, const Tensor& weight,
-                     const Tensor& inv_rms, Tensor* dx, Tensor* dweight);
+void RmsNormForward(const Tensor& x, const Tensor& weight, double eps, Tensor* y, Tensor* inv_rms);
+// dx: like x (=); dweight: [dim] kF32 (+=), summed in a fixed order, so
+// bit-identical from run to run.
+void RmsNormBackward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                     Tensor* dx, Tensor* dweight);
 
 // x, y: [batch, seq, heads, head_dim]; cos, sin: [positions, head_dim / 2] kF32.
 // Same rotation as cpu::RopeForward; y may alias x.
@@ -41,8 +41,9 @@ void SwigluBackward(const Tensor& dout, const Tensor& gate, const Tensor& up, Te
                     Tensor* dup);
 
 // logits: [rows, vocab]; labels: [rows] kI32 (< 0 ignored); losses, lse: [rows] kF32.
-void CrossEntropyForward(const Tensor& logits, const Tensor& labels, Tensor* losses,
-                         Tensor* lse);
+// A label >= vocab traps in the kernel (labels stay on the GPU, so it cannot
+// be checked on the host without a sync): the next CUDA call then fails.
+void CrossEntropyForward(const Tensor& logits, const Tensor& labels, Tensor* losses, Tensor* lse);
 // dlogits (like logits) = scale * (softmax - onehot); zero rows for ignored labels.
 void CrossEntropyBackward(const Tensor& logits, const Tensor& labels, const Tensor& lse,
                           float scale, Tensor* dlogits);
