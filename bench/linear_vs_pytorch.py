@@ -40,21 +40,38 @@ def main():
     parser.add_argument("--bench", default="build/bin/linear_bench")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate ours and PyTorch this many times; medians over all")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run([args.bench, "--json", f"--repeats={args.repeats}"], env=env,
-                         check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # Alternating rounds spread a change in machine load over both sides.
+    runs, torch_runs = [], []
+    for _ in range(args.rounds):
+        out = subprocess.run([args.bench, "--json", f"--repeats={args.repeats}"], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        runs.append([json.loads(line) for line in out.splitlines() if line.startswith("{")])
+        torch_runs.append([time_torch(r["tokens"], r["in"], r["out"], args.repeats)
+                           for r in runs[-1]])
+    rows = []
+    for i, first in enumerate(runs[0]):
+        row = dict(first)
+        for side in ("ours", "blas"):
+            row[f"{side}_s"] = statistics.median(run[i][f"{side}_s"] for run in runs)
+            row[f"{side}_min_s"] = min(run[i][f"{side}_min_s"] for run in runs)
+            row[f"{side}_max_s"] = max(run[i][f"{side}_max_s"] for run in runs)
+        row["torch"] = (statistics.median(t[i][0] for t in torch_runs),
+                        min(t[i][1] for t in torch_runs), max(t[i][2] for t in torch_runs))
+        rows.append(row)
 
     print(f"threads {args.threads}, torch {torch.__version__}; GFLOP/s of Linear forward+backward "
-          f"(3 GEMMs), median of {args.repeats} [min..max]")
+          f"(3 GEMMs), median of {args.rounds} rounds x {args.repeats} [min..max]")
     print(f"{'tokens x in x out':18s} {'ours':>20s} {'OpenBLAS':>20s} {'PyTorch':>20s} "
           f"{'ours/BLAS':>9s} {'ours/torch':>10s}")
     for r in rows:
         flops = 6.0 * r["tokens"] * r["in"] * r["out"]
-        t_med, t_min, t_max = time_torch(r["tokens"], r["in"], r["out"], args.repeats)
+        t_med, t_min, t_max = r["torch"]
 
         def fmt(med, lo, hi):
             return f"{flops / med / 1e9:6.1f} [{flops / hi / 1e9:5.1f}..{flops / lo / 1e9:5.1f}]"

@@ -54,13 +54,13 @@ if [ "${MOE_SKIP_PYTHON:-0}" = "1" ]; then
 fi
 
 VENV="${MOE_VENV:-$HOME/.cache/moe-train/venv}"
-PY_PACKAGES=(torch transformers safetensors numpy)
+PY_PACKAGES=(torch transformers safetensors numpy megatron-core)
 if [ ! -x "$VENV/bin/python" ]; then
   echo "install-deps: creating virtualenv $VENV"
   mkdir -p "$(dirname "$VENV")"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import torch, transformers, safetensors, numpy" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import torch, transformers, safetensors, numpy, megatron.core" >/dev/null 2>&1; then
   echo "install-deps: installing ${PY_PACKAGES[*]} into $VENV (first run only)"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
 else

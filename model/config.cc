@@ -1,0 +1,197 @@
+#include "model/config.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe {
+namespace {
+
+absl::Status Invalid(const std::string& field, const std::string& problem) {
+  return absl::InvalidArgumentError(absl::StrCat("model config: ", field, " ", problem));
+}
+
+absl::Status RequirePositive(const char* field, int64_t value) {
+  if (value > 0) return absl::OkStatus();
+  return Invalid(field, absl::StrCat("must be positive, got ", value));
+}
+
+// Reads an optional integer field; null leaves `out` unchanged.
+absl::Status ReadInt(const Json& json, const char* key, int64_t* out) {
+  const Json* value = json.Find(key);
+  if (value == nullptr || value->is_null()) return absl::OkStatus();
+  if (!value->is_int()) {
+    return Invalid(key, absl::StrCat("must be an integer, got ", value->Dump()));
+  }
+  *out = value->as_int();
+  return absl::OkStatus();
+}
+
+absl::Status ReadDouble(const Json& json, const char* key, double* out) {
+  const Json* value = json.Find(key);
+  if (value == nullptr || value->is_null()) return absl::OkStatus();
+  if (!value->is_number()) {
+    return Invalid(key, absl::StrCat("must be a number, got ", value->Dump()));
+  }
+  *out = value->as_double();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ModelConfig::Validate() const {
+  for (const auto& [field, value] : {std::pair<const char*, int64_t>{"vocab_size", vocab_size},
+                                     {"hidden_size", hidden_size},
+                                     {"intermediate_size", intermediate_size},
+                                     {"num_hidden_layers", num_hidden_layers},
+                                     {"num_attention_heads", num_attention_heads},
+                                     {"num_key_value_heads", num_key_value_heads},
+                                     {"num_local_experts", num_local_experts},
+                                     {"num_experts_per_tok", num_experts_per_tok},
+                                     {"max_position_embeddings", max_position_embeddings}}) {
+    if (absl::Status s = RequirePositive(field, value); !s.ok()) return s;
+  }
+  if (vocab_size > INT32_MAX) {
+    return Invalid("vocab_size", absl::StrCat("must fit in int32 token ids, got ", vocab_size));
+  }
+  if (head_dim < 0) return Invalid("head_dim", "must be positive, or 0/null to derive it");
+  if (head_dim == 0 && hidden_size % num_attention_heads != 0) {
+    return Invalid("hidden_size",
+                   absl::StrCat("(", hidden_size, ") must be divisible by num_attention_heads (",
+                                num_attention_heads, ") when head_dim is not set; ",
+                                "set head_dim or change the head count"));
+  }
+  if (resolved_head_dim() % 2 != 0) {
+    return Invalid("head_dim",
+                   absl::StrCat("must be even for rotary embeddings, got ", resolved_head_dim()));
+  }
+  if (num_attention_heads % num_key_value_heads != 0) {
+    return Invalid("num_key_value_heads",
+                   absl::StrCat("(", num_key_value_heads, ") must divide num_attention_heads (",
+                                num_attention_heads, ")"));
+  }
+  if (num_experts_per_tok > num_local_experts) {
+    return Invalid("num_experts_per_tok",
+                   absl::StrCat("(", num_experts_per_tok, ") cannot exceed num_local_experts (",
+                                num_local_experts, ")"));
+  }
+  if (!(rope_theta > 0))
+    return Invalid("rope_theta", absl::StrCat("must be > 0, got ", rope_theta));
+  if (!(rms_norm_eps > 0)) {
+    return Invalid("rms_norm_eps", absl::StrCat("must be > 0, got ", rms_norm_eps));
+  }
+  if (!(router_aux_loss_coef >= 0)) {
+    return Invalid("router_aux_loss_coef",
+                   absl::StrCat("must be >= 0, got ", router_aux_loss_coef));
+  }
+  if (!(router_z_loss_coef >= 0)) {
+    return Invalid("router_z_loss_coef", absl::StrCat("must be >= 0, got ", router_z_loss_coef));
+  }
+  if (!(initializer_range > 0)) {
+    return Invalid("initializer_range", absl::StrCat("must be > 0, got ", initializer_range));
+  }
+  if (tie_word_embeddings) {
+    return Invalid("tie_word_embeddings",
+                   "= true is not supported: Mixtral keeps a separate lm_head; set it to false");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> ModelConfig::FromHfJson(const Json& json) {
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: config.json must be a JSON object, got ", json.type_name()));
+  }
+  ModelConfig c;
+  c.max_position_embeddings = 4096 * 32;  // MixtralConfig's default
+  for (const auto& [key, field] : {std::pair<const char*, int64_t*>{"vocab_size", &c.vocab_size},
+                                   {"hidden_size", &c.hidden_size},
+                                   {"intermediate_size", &c.intermediate_size},
+                                   {"num_hidden_layers", &c.num_hidden_layers},
+                                   {"num_attention_heads", &c.num_attention_heads},
+                                   {"head_dim", &c.head_dim},
+                                   {"num_local_experts", &c.num_local_experts},
+                                   {"num_experts_per_tok", &c.num_experts_per_tok},
+                                   {"max_position_embeddings", &c.max_position_embeddings}}) {
+    if (absl::Status s = ReadInt(json, key, field); !s.ok()) return s;
+  }
+  // HF: a null num_key_value_heads means multi-head attention.
+  c.num_key_value_heads = c.num_attention_heads;
+  if (absl::Status s = ReadInt(json, "num_key_value_heads", &c.num_key_value_heads); !s.ok()) {
+    return s;
+  }
+  for (const auto& [key, field] : {std::pair<const char*, double*>{"rms_norm_eps", &c.rms_norm_eps},
+                                   {"router_aux_loss_coef", &c.router_aux_loss_coef},
+                                   {"router_z_loss_coef", &c.router_z_loss_coef},
+                                   {"initializer_range", &c.initializer_range},
+                                   {"rope_theta", &c.rope_theta}}) {
+    if (absl::Status s = ReadDouble(json, key, field); !s.ok()) return s;
+  }
+  // transformers 5 keeps theta inside rope_parameters.
+  if (const Json* rope = json.Find("rope_parameters"); rope != nullptr && rope->is_object()) {
+    if (const Json* type = rope->Find("rope_type");
+        type != nullptr && type->is_string() && type->as_string() != "default") {
+      return Invalid("rope_parameters.rope_type",
+                     absl::StrCat("\"", type->as_string(),
+                                  "\" is not supported; only the default rotary embedding is"));
+    }
+    if (absl::Status s = ReadDouble(*rope, "rope_theta", &c.rope_theta); !s.ok()) return s;
+  }
+  if (const Json* scaling = json.Find("rope_scaling"); scaling != nullptr && !scaling->is_null()) {
+    return Invalid("rope_scaling", "is not supported; remove it or set it to null");
+  }
+  if (const Json* tie = json.Find("tie_word_embeddings"); tie != nullptr && tie->is_bool()) {
+    c.tie_word_embeddings = tie->as_bool();
+  }
+  if (const Json* act = json.Find("hidden_act");
+      act != nullptr && act->is_string() && act->as_string() != "silu") {
+    return Invalid("hidden_act",
+                   absl::StrCat("\"", act->as_string(), "\" is not supported; Mixtral uses silu"));
+  }
+  if (const Json* window = json.Find("sliding_window"); window != nullptr && !window->is_null()) {
+    return Invalid("sliding_window", "is not supported; set it to null (full causal attention)");
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelConfig::FromHfFile(const std::string& path) {
+  absl::StatusOr<Json> json = ReadJsonFile(path);
+  if (!json.ok()) return json.status();
+  absl::StatusOr<ModelConfig> config = FromHfJson(*json);
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+Json ModelConfig::ToHfJson() const {
+  Json j = Json::MakeObject();
+  j.Set("architectures", Json::MakeArray({Json("MixtralForCausalLM")}));
+  j.Set("model_type", "mixtral");
+  j.Set("vocab_size", vocab_size);
+  j.Set("hidden_size", hidden_size);
+  j.Set("intermediate_size", intermediate_size);
+  j.Set("num_hidden_layers", num_hidden_layers);
+  j.Set("num_attention_heads", num_attention_heads);
+  j.Set("num_key_value_heads", num_key_value_heads);
+  j.Set("head_dim", resolved_head_dim());
+  j.Set("num_local_experts", num_local_experts);
+  j.Set("num_experts_per_tok", num_experts_per_tok);
+  j.Set("max_position_embeddings", max_position_embeddings);
+  j.Set("rope_theta", rope_theta);
+  j.Set("rms_norm_eps", rms_norm_eps);
+  j.Set("router_aux_loss_coef", router_aux_loss_coef);
+  j.Set("router_z_loss_coef", router_z_loss_coef);
+  j.Set("initializer_range", initializer_range);
+  j.Set("tie_word_embeddings", tie_word_embeddings);
+  j.Set("hidden_act", "silu");
+  j.Set("sliding_window", Json());
+  j.Set("output_router_logits", false);
+  j.Set("torch_dtype", "float32");  // transformers 4
+  j.Set("dtype", "float32");        // transformers 5
+  return j;
+}
+
+}  // namespace moe

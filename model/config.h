@@ -1,0 +1,53 @@
+// The model's shape, with the field names of Hugging Face's MixtralConfig so
+// that a config.json reads and writes without translation.
+#ifndef MOE_MODEL_CONFIG_H_
+#define MOE_MODEL_CONFIG_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/json.h"
+
+namespace moe {
+
+struct ModelConfig {
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 14336;  // of one expert
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 8;
+  int64_t head_dim = 0;  // 0: hidden_size / num_attention_heads (HF's null)
+  int64_t num_local_experts = 8;
+  int64_t num_experts_per_tok = 2;
+  int64_t max_position_embeddings = 4096;
+  double rope_theta = 1e6;
+  double rms_norm_eps = 1e-5;
+  double router_aux_loss_coef = 0.001;
+  // Not in MixtralConfig (ST-MoE z-loss; Megatron's --moe_z_loss_coeff).
+  double router_z_loss_coef = 0.0;
+  double initializer_range = 0.02;
+  bool tie_word_embeddings = false;
+
+  int64_t resolved_head_dim() const {
+    return head_dim > 0 ? head_dim : hidden_size / num_attention_heads;
+  }
+
+  // Checks every field before anything is allocated; the message names the
+  // field, the rule and a fix.
+  absl::Status Validate() const;
+
+  // Reads a Hugging Face config.json object as transformers 4 and 5 write it
+  // (rope_theta at top level or inside rope_parameters; null head_dim and
+  // num_key_value_heads). Unsupported features (tied embeddings, sliding
+  // window, an activation other than silu) are errors, never ignored.
+  static absl::StatusOr<ModelConfig> FromHfJson(const Json& json);
+  static absl::StatusOr<ModelConfig> FromHfFile(const std::string& path);
+  // A config.json that MixtralForCausalLM.from_pretrained accepts.
+  Json ToHfJson() const;
+};
+
+}  // namespace moe
+
+#endif  // MOE_MODEL_CONFIG_H_

@@ -1,0 +1,140 @@
+// The Mixtral model on one rank (Hugging Face MixtralForCausalLM):
+//
+//   x      = embed_tokens(ids)                         [batch, seq, hidden]
+//   x      = layers[i](x)   for i = 0 .. L-1           (model/transformer_block.h)
+//   hidden = norm(x)
+//   loss   = scales.lm  * sum_t CE(hidden_t lm_head^T, label_t)
+//          + scales.aux * router_aux_loss_coef * aux(router stats of ALL layers pooled)
+//          + scales.z   * router_z_loss_coef   * sum_i z(layer i)
+//
+// The LM head is fused with the loss (core/layers/cross_entropy.h): the
+// [tokens, vocab] logits never exist during training. The aux loss is Hugging
+// Face's load_balancing_loss_func: it pools the statistics of every layer of
+// ONE call, so with gradient accumulation it is taken per micro-batch (as in
+// Hugging Face and Megatron), unlike the LM loss, which the trainer normalises
+// over the whole global batch with scales.lm.
+//
+// Parameters are named as Hugging Face saves them, in the order
+// model.embed_tokens, model.layers.{i}.* (TransformerBlock::Parameters()),
+// model.norm, lm_head.
+#ifndef MOE_MODEL_MODEL_H_
+#define MOE_MODEL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "core/layers/cross_entropy.h"
+#include "core/layers/embedding.h"
+#include "core/layers/linear.h"
+#include "core/layers/rmsnorm.h"
+#include "core/layers/rope.h"
+#include "model/config.h"
+#include "model/transformer_block.h"
+
+namespace moe {
+
+// Per-micro-batch loss weights. The trainer sets lm = 1 / (non-ignored label
+// tokens in the whole global batch) and aux = z = 1 / (micro-batches in the
+// global batch), so that gradient accumulation and (later) data parallelism
+// never change the math.
+struct LossScales {
+  double lm = 0;
+  double aux = 0;
+  double z = 0;
+};
+
+struct Losses {
+  double lm_loss_sum = 0;  // sum of per-token cross-entropy over non-ignored labels
+  int64_t tokens = 0;      // non-ignored labels
+  double aux_loss = 0;     // load_balancing_loss_func over all layers (pooled), NOT times coef
+  double z_loss = 0;       // sum over layers of mean_t logsumexp(router logits)^2, NOT times coef
+};
+
+// The Philox stream of a parameter: FNV-1a (64-bit) of its Hugging Face
+// name, so that its values depend only on (seed, name, element index) and
+// never on construction order or on which rank holds which shard.
+uint64_t ParameterStream(std::string_view hf_name);
+
+class Model {
+ public:
+  // Aborts (MOE_CHECK) if config.Validate() fails: callers validate first and
+  // report the Status. Weights are left uninitialised (norms at one): call
+  // InitializeWeights or load a checkpoint. CPU kF32 or kF64 for now.
+  Model(const ModelConfig& config, DType dtype = DType::kF32, Device device = Device::kCpu);
+  // Parameters() hands out pointers into the model: it stays where it is.
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // Every element with global index g of a parameter named n gets
+  // N(0, initializer_range^2) drawn as Philox(seed, ParameterStream(n)).Normal(g)
+  // (core/philox.h), so a shard initialised with its ShardSlice draws exactly
+  // its slice. Norm weights are set to one.
+  void InitializeWeights(uint64_t seed);
+
+  // Every parameter, named with its Hugging Face on-disk name, in the order
+  // of the header comment.
+  std::vector<Parameter*> Parameters();
+  Parameter* FindParameter(std::string_view hf_name);  // nullptr if absent
+  int64_t NumParameters() const;                       // total elements
+  // Per token: every expert's weights counted top_k / num_experts times (for
+  // FLOP counts); everything else, embedding included, once.
+  int64_t NumActiveParameters() const;
+
+  // One micro-batch. input_ids, labels: kI32 [batch, seq]; a label < 0 is
+  // ignored (Hugging Face uses -100). labels[b, s] is the token that position
+  // s must predict (already shifted by the caller). Runs forward and
+  // backward; parameter grads accumulate (+=) the gradient of the loss of the
+  // header comment.
+  Losses ForwardBackward(const Tensor& input_ids, const Tensor& labels, const LossScales& scales);
+  // The same losses, forward only.
+  Losses Evaluate(const Tensor& input_ids, const Tensor& labels);
+  // Forward only: fp32 [batch, seq, vocab].
+  Tensor Logits(const Tensor& input_ids);
+  // Forward only: each layer's router logits [batch * seq, num_experts] in
+  // the model dtype (Hugging Face's router_logits), e.g. to check routing margins.
+  std::vector<Tensor> RouterLogits(const Tensor& input_ids);
+
+ private:
+  // What backward needs, per layer call.
+  struct Saved {
+    Embedding::Saved embed_tokens;
+    std::vector<TransformerBlock::Saved> layers;
+    RmsNorm::Saved norm;
+    CrossEntropy::Saved lm_loss;
+  };
+  // Per-layer router outputs of one forward.
+  struct Routing {
+    std::vector<RouterStats> stats;
+    std::vector<Tensor> logits_TE;
+  };
+
+  // embed_tokens, layers, norm -> hidden [batch, seq, hidden]. With saved ==
+  // nullptr nothing is kept for backward (each layer's activations are freed
+  // as soon as the next layer has run).
+  Tensor ForwardHidden(const Tensor& input_ids, Saved* saved, Routing* routing);
+  // The LM loss of `hidden` plus the router losses of `routing`.
+  Losses ForwardLoss(const Tensor& input_ids, const Tensor& labels, Saved* saved, Routing* routing);
+  void CheckIds(const char* what, const Tensor& ids) const;
+
+  ModelConfig config_;
+  DType dtype_;
+  Device device_;
+  std::shared_ptr<const Rope> rope_;  // one table for every layer
+  Embedding embed_tokens_;
+  std::vector<TransformerBlock> layers_;
+  RmsNorm norm_;
+  Linear lm_head_;
+  CrossEntropy lm_loss_;  // the LM head fused with the loss; reads lm_head_'s weight
+  int64_t num_parameters_ = 0;
+  int64_t num_active_parameters_ = 0;
+};
+
+}  // namespace moe
+
+#endif  // MOE_MODEL_MODEL_H_

@@ -1,0 +1,67 @@
+#include "model/transformer_block.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "model/residual.h"
+
+namespace moe {
+namespace {
+
+MoeOptions MoeOptionsOf(const ModelConfig& config) {
+  return {.hidden_size = config.hidden_size,
+          .intermediate_size = config.intermediate_size,
+          .num_experts = config.num_local_experts,
+          .top_k = config.num_experts_per_tok};
+}
+
+}  // namespace
+
+TransformerBlock::TransformerBlock(int64_t layer_index, const ModelConfig& config,
+                                   std::shared_ptr<const Rope> rope, DType dtype, Device device)
+    : name_(absl::StrCat("model.layers.", layer_index)),
+      input_layernorm_(name_ + ".input_layernorm", config.hidden_size, config.rms_norm_eps, dtype,
+                       device),
+      self_attn_(name_ + ".self_attn", config, std::move(rope), dtype, device),
+      post_attention_layernorm_(name_ + ".post_attention_layernorm", config.hidden_size,
+                                config.rms_norm_eps, dtype, device),
+      block_sparse_moe_(name_ + ".block_sparse_moe", MoeOptionsOf(config), dtype, device) {}
+
+TransformerBlock::Output TransformerBlock::Forward(const Tensor& x, Saved* saved) const {
+  // h = x + Attn(input_layernorm(x))
+  const Tensor attn_in = input_layernorm_.Forward(x, &saved->input_layernorm);
+  const Tensor attn_out = self_attn_.Forward(attn_in, &saved->self_attn);
+  const Tensor h = ResidualAdd(name_.c_str(), x, attn_out);
+  // out = h + MoE(post_attention_layernorm(h))
+  const Tensor moe_in = post_attention_layernorm_.Forward(h, &saved->post_attention_layernorm);
+  MoeLayer::Output moe_out = block_sparse_moe_.Forward(moe_in, &saved->block_sparse_moe);
+  Output out;
+  out.y = ResidualAdd(name_.c_str(), h, moe_out.y);
+  out.logits_TE = std::move(moe_out.logits_TE);
+  out.stats = std::move(moe_out.stats);
+  return out;
+}
+
+Tensor TransformerBlock::Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E,
+                                  double z_scale, const Saved& saved) {
+  // out = h + MoE(post_attention_layernorm(h)): dh = dy + (the MoE branch's dh).
+  const Tensor dmoe_in =
+      block_sparse_moe_.Backward(dy, daux_dprob_E, z_scale, saved.block_sparse_moe);
+  Tensor dh = post_attention_layernorm_.Backward(dmoe_in, saved.post_attention_layernorm);
+  ResidualAccumulate(name_.c_str(), &dh, dy);
+  // h = x + Attn(input_layernorm(x)): dx = dh + (the attention branch's dx).
+  const Tensor dattn_in = self_attn_.Backward(dh, saved.self_attn);
+  Tensor dx = input_layernorm_.Backward(dattn_in, saved.input_layernorm);
+  ResidualAccumulate(name_.c_str(), &dx, dh);
+  return dx;
+}
+
+std::vector<Parameter*> TransformerBlock::Parameters() {
+  std::vector<Parameter*> params = {&input_layernorm_.weight()};
+  for (Parameter* p : self_attn_.Parameters()) params.push_back(p);
+  params.push_back(&post_attention_layernorm_.weight());
+  for (Parameter* p : block_sparse_moe_.Parameters()) params.push_back(p);
+  return params;
+}
+
+}  // namespace moe

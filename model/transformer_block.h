@@ -1,0 +1,73 @@
+// One Mixtral decoder layer (Hugging Face MixtralDecoderLayer), pre-norm:
+//
+//   h   = x + Attn(input_layernorm(x))
+//   out = h + MoE(post_attention_layernorm(h))
+//
+// Parameters are named as Hugging Face saves them under
+// "model.layers.{i}": input_layernorm, self_attn.{q,k,v,o}_proj,
+// post_attention_layernorm, block_sparse_moe.{gate, experts.{e}.{w1,w2,w3}}.
+//
+// The MoE losses are the model's: it pools Output::stats over all layers
+// (aux) or takes them per layer (z) and hands their gradients to Backward.
+#ifndef MOE_MODEL_TRANSFORMER_BLOCK_H_
+#define MOE_MODEL_TRANSFORMER_BLOCK_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/layers/rmsnorm.h"
+#include "core/layers/rope.h"
+#include "model/attention_block.h"
+#include "model/config.h"
+#include "moe/moe_layer.h"
+
+namespace moe {
+
+class TransformerBlock {
+ public:
+  struct Saved {
+    RmsNorm::Saved input_layernorm;
+    AttentionBlock::Saved self_attn;
+    RmsNorm::Saved post_attention_layernorm;
+    MoeLayer::Saved block_sparse_moe;
+  };
+  struct Output {
+    Tensor y;          // [batch, seq, hidden]
+    Tensor logits_TE;  // router logits [batch * seq, experts]
+    RouterStats stats;
+  };
+
+  // Layer `layer_index` of `config` (which the caller has validated). Norm
+  // weights start at one; the other weights are left uninitialised.
+  TransformerBlock(int64_t layer_index, const ModelConfig& config, std::shared_ptr<const Rope> rope,
+                   DType dtype = DType::kF32, Device device = Device::kCpu);
+
+  // x: [batch, seq, hidden] -> Output.
+  Output Forward(const Tensor& x, Saved* saved) const;
+  // dy: like y. daux_dprob_E and z_scale: the router loss gradients (see
+  // Router::Backward; empty / 0 for none). Returns dx (=); grads += .
+  Tensor Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E, double z_scale,
+                  const Saved& saved);
+
+  // In forward order: input_layernorm, self_attn (q, k, v, o),
+  // post_attention_layernorm, block_sparse_moe (gate, then w1, w2, w3 per expert).
+  std::vector<Parameter*> Parameters();
+  RmsNorm& input_layernorm() { return input_layernorm_; }
+  AttentionBlock& self_attn() { return self_attn_; }
+  RmsNorm& post_attention_layernorm() { return post_attention_layernorm_; }
+  MoeLayer& block_sparse_moe() { return block_sparse_moe_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;  // "model.layers.{i}"
+  RmsNorm input_layernorm_;
+  AttentionBlock self_attn_;
+  RmsNorm post_attention_layernorm_;
+  MoeLayer block_sparse_moe_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_MODEL_TRANSFORMER_BLOCK_H_
