@@ -1,0 +1,322 @@
+#include "launcher/train_flags.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+
+// Model shape (Megatron-LM names; the Hugging Face field in parentheses).
+ABSL_FLAG(int64_t, num_layers, 0, "Transformer layers (num_hidden_layers). Required.");
+ABSL_FLAG(int64_t, hidden_size, 0, "Model width (hidden_size). Required.");
+ABSL_FLAG(int64_t, ffn_hidden_size, 0,
+          "Width of one expert's SwiGLU (intermediate_size); 0 = 4 * --hidden_size.");
+ABSL_FLAG(int64_t, num_attention_heads, 0, "Query heads (num_attention_heads). Required.");
+ABSL_FLAG(int64_t, num_query_groups, 0,
+          "Key/value heads of grouped-query attention (num_key_value_heads); 0 = one per head.");
+ABSL_FLAG(int64_t, kv_channels, 0,
+          "Head dimension (head_dim); 0 = --hidden_size / --num_attention_heads.");
+ABSL_FLAG(int64_t, num_experts, 8, "Experts per MoE layer (num_local_experts).");
+ABSL_FLAG(int64_t, moe_router_topk, 2, "Experts each token is routed to (num_experts_per_tok).");
+ABSL_FLAG(double, moe_aux_loss_coeff, 0.0,
+          "Load-balancing loss coefficient (router_aux_loss_coef); 0 = off.");
+ABSL_FLAG(double, moe_z_loss_coeff, 0.0, "Router z-loss coefficient; 0 = off.");
+ABSL_FLAG(int64_t, vocab_size, 0,
+          "Vocabulary size; must cover every token id of the data (257 for the byte "
+          "tokenizer). Required.");
+ABSL_FLAG(int64_t, seq_length, 0, "Tokens per training sample. Required.");
+ABSL_FLAG(int64_t, max_position_embeddings, 0,
+          "Longest sequence the model is built for; 0 = --seq_length.");
+ABSL_FLAG(double, rotary_base, 1e6, "RoPE base (rope_theta); Mixtral uses 1e6.");
+ABSL_FLAG(double, norm_epsilon, 1e-5, "RMSNorm epsilon (rms_norm_eps).");
+ABSL_FLAG(double, init_method_std, 0.02, "Std of the normal weight init (initializer_range).");
+
+// Batches and steps.
+ABSL_FLAG(int64_t, micro_batch_size, 1, "Samples per forward/backward pass.");
+ABSL_FLAG(int64_t, global_batch_size, 0,
+          "Samples per optimizer step (a multiple of --micro_batch_size); 0 = "
+          "--micro_batch_size.");
+ABSL_FLAG(int64_t, train_iters, 0, "Optimizer steps to run. Required.");
+
+// Optimizer and schedule.
+ABSL_FLAG(double, lr, 0.0, "Peak learning rate. Required.");
+ABSL_FLAG(double, min_lr, 0.0, "Learning rate at the end of the decay.");
+ABSL_FLAG(double, lr_warmup_init, 0.0, "Learning rate at the start of the warmup.");
+ABSL_FLAG(int64_t, lr_warmup_iters, 0, "Linear warmup steps.");
+ABSL_FLAG(int64_t, lr_decay_iters, 0, "Steps over which the rate decays; 0 = --train_iters.");
+ABSL_FLAG(std::string, lr_decay_style, "cosine",
+          "constant, linear, cosine or inverse-square-root.");
+ABSL_FLAG(double, weight_decay, 0.01, "AdamW decoupled weight decay (not on norms).");
+ABSL_FLAG(double, adam_beta1, 0.9, "AdamW beta1.");
+ABSL_FLAG(double, adam_beta2, 0.999, "AdamW beta2.");
+ABSL_FLAG(double, adam_eps, 1e-8, "AdamW epsilon.");
+ABSL_FLAG(double, clip_grad, 1.0, "Clip the global gradient norm to this; 0 = no clipping.");
+ABSL_FLAG(uint64_t, seed, 1234, "Seed of the weights and of the data order.");
+
+// Data, validation, logging, threads.
+ABSL_FLAG(std::string, data_path, "",
+          "Prefix of the training data (P.bin + P.idx, Megatron format). Required.");
+ABSL_FLAG(std::string, valid_data_path, "",
+          "Prefix of the validation data; empty = no validation.");
+ABSL_FLAG(int64_t, eval_interval, 1000, "Validate every this many steps (and after the last).");
+ABSL_FLAG(int64_t, eval_iters, 100, "Global batches of validation data per validation.");
+ABSL_FLAG(int64_t, log_interval, 100, "Print a step line every this many steps.");
+ABSL_FLAG(std::string, log_jsonl, "",
+          "Append one JSON object per step to this file; empty = no file.");
+ABSL_FLAG(int32_t, threads, 0,
+          "OpenMP threads; 0 = OpenMP's default (OMP_NUM_THREADS, else every core).");
+
+namespace moe {
+namespace {
+
+// One row per model flag ties it to its ModelConfig field: the rows convert
+// the flags and translate ModelConfig::Validate's messages back to flag names.
+template <typename T>
+struct ModelFlag {
+  absl::Flag<T>* flag;
+  T ModelConfig::*field;
+  absl::string_view field_name;  // as ModelConfig::Validate (and config.json) spell it
+  absl::string_view fix;         // appended to an error that names this field and gives no fix
+};
+
+const ModelFlag<int64_t> kModelIntFlags[] = {
+    {&FLAGS_num_layers, &ModelConfig::num_hidden_layers, "num_hidden_layers",
+     "e.g. --num_layers=2"},
+    {&FLAGS_hidden_size, &ModelConfig::hidden_size, "hidden_size", "e.g. --hidden_size=128"},
+    {&FLAGS_ffn_hidden_size, &ModelConfig::intermediate_size, "intermediate_size",
+     "set it > 0, or 0 for 4 * --hidden_size"},
+    {&FLAGS_num_attention_heads, &ModelConfig::num_attention_heads, "num_attention_heads",
+     "e.g. --num_attention_heads=4"},
+    {&FLAGS_num_query_groups, &ModelConfig::num_key_value_heads, "num_key_value_heads",
+     "choose a divisor of --num_attention_heads (0 = one group per head)"},
+    {&FLAGS_kv_channels, &ModelConfig::head_dim, "head_dim",
+     "set an even value, or 0 for --hidden_size / --num_attention_heads"},
+    {&FLAGS_num_experts, &ModelConfig::num_local_experts, "num_local_experts",
+     "e.g. --num_experts=8"},
+    {&FLAGS_moe_router_topk, &ModelConfig::num_experts_per_tok, "num_experts_per_tok",
+     "choose 1 <= --moe_router_topk <= --num_experts"},
+    {&FLAGS_vocab_size, &ModelConfig::vocab_size, "vocab_size",
+     "use the tokenizer's size (257 for the byte tokenizer, 32000 for Mixtral's)"},
+    {&FLAGS_max_position_embeddings, &ModelConfig::max_position_embeddings,
+     "max_position_embeddings", "set it >= --seq_length, or 0 for --seq_length"},
+};
+const ModelFlag<double> kModelDoubleFlags[] = {
+    {&FLAGS_rotary_base, &ModelConfig::rope_theta, "rope_theta", "Mixtral uses 1e6"},
+    {&FLAGS_norm_epsilon, &ModelConfig::rms_norm_eps, "rms_norm_eps", "Mixtral uses 1e-5"},
+    {&FLAGS_moe_aux_loss_coeff, &ModelConfig::router_aux_loss_coef, "router_aux_loss_coef",
+     "use 0 to turn it off (Megatron's Mixtral recipes use 1e-2)"},
+    {&FLAGS_moe_z_loss_coeff, &ModelConfig::router_z_loss_coef, "router_z_loss_coef",
+     "use 0 to turn it off (ST-MoE uses 1e-3)"},
+    {&FLAGS_init_method_std, &ModelConfig::initializer_range, "initializer_range",
+     "e.g. --init_method_std=0.02"},
+};
+
+// A field as a validator names it, and the flag that sets it.
+struct FieldName {
+  absl::string_view field;
+  absl::string_view flag;  // without the dashes
+  absl::string_view fix;
+};
+
+// LrSchedule::Options and AdamW::Options fields, as their validators name them.
+constexpr FieldName kOptimizerFields[] = {
+    // --lr itself is checked first (positive, finite): only the relation to
+    // --min_lr is left for LrSchedule::Validate to name it in.
+    {"max_lr", "lr", "keep 0 <= --min_lr <= --lr"},
+    {"min_lr", "min_lr", "keep 0 <= --min_lr <= --lr"},
+    {"warmup_init_lr", "lr_warmup_init", "keep 0 <= --lr_warmup_init <= --lr"},
+    {"warmup_iters", "lr_warmup_iters",
+     "keep --lr_warmup_iters below --lr_decay_iters (which defaults to --train_iters)"},
+    {"decay_iters", "lr_decay_iters", "set it > --lr_warmup_iters, or 0 for --train_iters"},
+    {"lr_decay_style", "lr_decay_style", ""},
+    {"beta1", "adam_beta1", "e.g. --adam_beta1=0.9"},
+    {"beta2", "adam_beta2", "e.g. --adam_beta2=0.95"},
+    {"eps", "adam_eps", "e.g. --adam_eps=1e-8"},
+    {"weight_decay", "weight_decay", "e.g. --weight_decay=0.1, or 0 for none"},
+};
+
+std::vector<FieldName> AllFieldNames() {
+  std::vector<FieldName> names;
+  for (const auto& f : kModelIntFlags) {
+    names.push_back({f.field_name, absl::GetFlagReflectionHandle(*f.flag).Name(), f.fix});
+  }
+  for (const auto& f : kModelDoubleFlags) {
+    names.push_back({f.field_name, absl::GetFlagReflectionHandle(*f.flag).Name(), f.fix});
+  }
+  for (const FieldName& name : kOptimizerFields) names.push_back(name);
+  return names;
+}
+
+// Rewrites a validator's message in flag terms: drops its "model config: " /
+// "lr schedule: " / "AdamW: " prefix, turns every field name into its
+// --flag, and appends the fix of the first flag named when the message
+// offers none (no "; ").
+absl::Status InFlagTerms(const absl::Status& status) {
+  if (status.ok()) return status;
+  absl::string_view message = status.message();
+  for (absl::string_view prefix : {"model config: ", "lr schedule: ", "AdamW: "}) {
+    if (absl::ConsumePrefix(&message, prefix)) break;
+  }
+  const std::vector<FieldName> names = AllFieldNames();
+  std::string out;
+  absl::string_view fix;
+  size_t i = 0;
+  while (i < message.size()) {
+    const auto is_word = [&](size_t k) {
+      return std::isalnum(static_cast<unsigned char>(message[k])) || message[k] == '_';
+    };
+    if (!is_word(i)) {
+      out += message[i++];
+      continue;
+    }
+    size_t end = i;
+    while (end < message.size() && is_word(end)) ++end;
+    const absl::string_view word = message.substr(i, end - i);
+    const FieldName* match = nullptr;
+    for (const FieldName& name : names) {
+      if (name.field == word) match = &name;
+    }
+    if (match != nullptr) {
+      absl::StrAppend(&out, "--", match->flag);
+      if (fix.empty()) fix = match->fix;
+    } else {
+      absl::StrAppend(&out, word);
+    }
+    i = end;
+  }
+  if (!absl::StrContains(out, "; ") && !fix.empty()) absl::StrAppend(&out, "; ", fix);
+  return absl::InvalidArgumentError(out);
+}
+
+absl::Status Invalid(absl::string_view message) { return absl::InvalidArgumentError(message); }
+
+absl::Status RequirePositive(absl::string_view flag, int64_t value, absl::string_view example) {
+  if (value > 0) return absl::OkStatus();
+  return Invalid(
+      absl::StrCat("--", flag, " must be positive, got ", value, "; e.g. --", flag, "=", example));
+}
+
+}  // namespace
+
+absl::Status ValidateTrainerOptions(const TrainerOptions& o) {
+  // Before the model: --max_position_embeddings defaults to it.
+  if (absl::Status s = RequirePositive("seq_length", o.seq_length, "128"); !s.ok()) return s;
+  if (absl::Status s = InFlagTerms(o.model.Validate()); !s.ok()) return s;
+  if (o.seq_length > o.model.max_position_embeddings) {
+    return Invalid(absl::StrCat("--seq_length (", o.seq_length,
+                                ") exceeds --max_position_embeddings (",
+                                o.model.max_position_embeddings,
+                                "); lower --seq_length or raise --max_position_embeddings"));
+  }
+  if (absl::Status s = RequirePositive("micro_batch_size", o.micro_batch_size, "8"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = RequirePositive("global_batch_size", o.global_batch_size, "16"); !s.ok()) {
+    return s;
+  }
+  if (o.global_batch_size % o.micro_batch_size != 0) {
+    const int64_t up = (o.global_batch_size / o.micro_batch_size + 1) * o.micro_batch_size;
+    return Invalid(absl::StrCat("--global_batch_size (", o.global_batch_size,
+                                ") must be a multiple of --micro_batch_size (", o.micro_batch_size,
+                                "); e.g. --global_batch_size=", up));
+  }
+  if (absl::Status s = RequirePositive("train_iters", o.train_iters, "300"); !s.ok()) return s;
+  if (!(o.lr.max_lr > 0) || !std::isfinite(o.lr.max_lr)) {
+    return Invalid(
+        absl::StrCat("--lr must be a positive number, got ", o.lr.max_lr, "; e.g. --lr=1e-3"));
+  }
+  if (absl::Status s = InFlagTerms(LrSchedule::Validate(o.lr)); !s.ok()) return s;
+  if (absl::Status s = InFlagTerms(AdamW::Validate(o.adam)); !s.ok()) return s;
+  if (!(o.clip_grad >= 0) || !std::isfinite(o.clip_grad)) {
+    return Invalid(absl::StrCat("--clip_grad must be >= 0, got ", o.clip_grad,
+                                "; e.g. --clip_grad=1.0, or 0 for no clipping"));
+  }
+  if (o.data_path.empty()) {
+    return Invalid(
+        "--data_path is required: the prefix of the training .bin/.idx; e.g. "
+        "--data_path=data/corpus_train_text_document (examples/data/make_dataset.sh builds it)");
+  }
+  if (absl::Status s = RequirePositive("eval_interval", o.eval_interval, "50"); !s.ok()) return s;
+  if (absl::Status s = RequirePositive("eval_iters", o.eval_iters, "10"); !s.ok()) return s;
+  if (absl::Status s = RequirePositive("log_interval", o.log_interval, "10"); !s.ok()) return s;
+  if (o.max_nonfinite_steps < 1) {
+    return Invalid(
+        absl::StrCat("max_nonfinite_steps must be positive, got ", o.max_nonfinite_steps));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
+  TrainSettings settings;
+  TrainerOptions& o = settings.trainer;
+  ModelConfig& c = o.model;
+  for (const auto& f : kModelIntFlags) c.*f.field = absl::GetFlag(*f.flag);
+  for (const auto& f : kModelDoubleFlags) c.*f.field = absl::GetFlag(*f.flag);
+  c.tie_word_embeddings = false;
+  o.seq_length = absl::GetFlag(FLAGS_seq_length);
+  // Defaults that follow other flags, as in Megatron-LM.
+  if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
+  if (c.intermediate_size == 0) c.intermediate_size = 4 * c.hidden_size;
+  if (c.max_position_embeddings == 0) c.max_position_embeddings = o.seq_length;
+
+  o.micro_batch_size = absl::GetFlag(FLAGS_micro_batch_size);
+  o.global_batch_size = absl::GetFlag(FLAGS_global_batch_size);
+  if (o.global_batch_size == 0) o.global_batch_size = o.micro_batch_size;
+  o.train_iters = absl::GetFlag(FLAGS_train_iters);
+
+  o.lr.max_lr = absl::GetFlag(FLAGS_lr);
+  o.lr.min_lr = absl::GetFlag(FLAGS_min_lr);
+  o.lr.warmup_init_lr = absl::GetFlag(FLAGS_lr_warmup_init);
+  o.lr.warmup_iters = absl::GetFlag(FLAGS_lr_warmup_iters);
+  o.lr.decay_iters = absl::GetFlag(FLAGS_lr_decay_iters);
+  if (o.lr.decay_iters == 0) o.lr.decay_iters = o.train_iters;
+  absl::StatusOr<LrDecayStyle> style = ParseLrDecayStyle(absl::GetFlag(FLAGS_lr_decay_style));
+  if (!style.ok()) return InFlagTerms(style.status());
+  o.lr.decay_style = *style;
+
+  o.adam.beta1 = absl::GetFlag(FLAGS_adam_beta1);
+  o.adam.beta2 = absl::GetFlag(FLAGS_adam_beta2);
+  o.adam.eps = absl::GetFlag(FLAGS_adam_eps);
+  o.adam.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.clip_grad = absl::GetFlag(FLAGS_clip_grad);
+  o.seed = absl::GetFlag(FLAGS_seed);
+
+  o.data_path = absl::GetFlag(FLAGS_data_path);
+  o.valid_data_path = absl::GetFlag(FLAGS_valid_data_path);
+  o.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  o.eval_iters = absl::GetFlag(FLAGS_eval_iters);
+  o.log_interval = absl::GetFlag(FLAGS_log_interval);
+  if (absl::Status s = ValidateTrainerOptions(o); !s.ok()) return s;
+
+  settings.threads = absl::GetFlag(FLAGS_threads);
+  if (settings.threads < 0) {
+    return Invalid(absl::StrCat("--threads must be >= 0, got ", settings.threads,
+                                "; e.g. --threads=2, or 0 for every core"));
+  }
+  settings.log_jsonl = absl::GetFlag(FLAGS_log_jsonl);
+  return settings;
+}
+
+void SetTrainUsage() {
+  absl::SetProgramUsageMessage(
+      "trains a Mixtral-shaped Mixture-of-Experts model on Megatron .bin/.idx data.\n"
+      "  moe-train --flagfile=examples/recipes/mixtral-tiny.flags [--flag=value ...]\n"
+      "Flags follow Megatron-LM's names with underscores; later flags override a flagfile's.");
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "launcher/");
+  };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  absl::SetFlagsUsageConfig(config);
+}
+
+}  // namespace moe

@@ -1,0 +1,336 @@
+#include "launcher/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/optim/grad_clip.h"
+
+namespace moe {
+namespace {
+
+constexpr const char* kDataFlag = "--data_path";
+constexpr const char* kValidFlag = "--valid_data_path";
+
+// Reading every token of a large corpus just to check ids would delay the
+// start by minutes; this many tokens from the start of each data set are
+// checked up front, and every batch is checked again as it is read.
+constexpr int64_t kUpfrontVocabCheckTokens = int64_t{1} << 24;
+
+absl::Status VocabError(const char* flag, const std::string& prefix, int64_t vocab_size,
+                        int64_t token, const std::string& where) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--vocab_size=", vocab_size, " does not cover token id ", token, " in ", flag, "=", prefix,
+      " (", where, "); set --vocab_size to the tokenizer's vocabulary (at least ", token + 1,
+      "; the byte tokenizer's is 257) or rebuild the data with the model's tokenizer"));
+}
+
+// Checks the first kUpfrontVocabCheckTokens tokens of `indexed` against the
+// vocabulary, reporting the largest id found (the smallest vocabulary that
+// would do).
+absl::Status CheckVocabUpfront(const char* flag, const IndexedDataset& indexed,
+                               int64_t vocab_size) {
+  std::vector<int32_t> tokens;
+  int64_t checked = 0;
+  int32_t max_token = 0;
+  for (int64_t seq = 0; seq < indexed.num_sequences() && checked < kUpfrontVocabCheckTokens;
+       ++seq) {
+    const int64_t length =
+        std::min(indexed.sequence_length(seq), kUpfrontVocabCheckTokens - checked);
+    tokens.resize(static_cast<size_t>(length));
+    if (absl::Status s = indexed.ReadTokens(seq, 0, length, tokens.data()); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, "=", indexed.prefix(), ": ", s.message()));
+    }
+    for (int32_t token : tokens) {
+      if (token < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            flag, "=", indexed.prefix(), ": negative token id ", token, " in sequence ", seq,
+            "; the data is damaged: rebuild it with build/bin/moe-preprocess"));
+      }
+      max_token = std::max(max_token, token);
+    }
+    checked += length;
+  }
+  if (max_token >= vocab_size) {
+    return VocabError(flag, indexed.prefix(), vocab_size, max_token,
+                      absl::StrCat("the largest id of its first ", checked, " tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GptDataset> OpenDataset(const char* flag, const std::string& prefix,
+                                       const TrainerOptions& options) {
+  const auto fail = [&](absl::string_view problem) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, "=", prefix, ": ", problem));
+  };
+  absl::StatusOr<IndexedDataset> indexed = IndexedDataset::Open(prefix);
+  if (!indexed.ok()) {
+    return fail(absl::StrCat(indexed.status().message(),
+                             "; build the data with examples/data/make_dataset.sh or "
+                             "build/bin/moe-preprocess"));
+  }
+  if (indexed->total_tokens() < options.seq_length + 1) {
+    return fail(absl::StrCat("holds ", indexed->total_tokens(),
+                             " tokens, fewer than one sample of --seq_length + 1 = ",
+                             options.seq_length + 1, "; use more text or a shorter --seq_length"));
+  }
+  if (absl::Status s = CheckVocabUpfront(flag, *indexed, options.model.vocab_size); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<GptDataset> dataset =
+      GptDataset::Create(std::make_shared<const IndexedDataset>(std::move(*indexed)),
+                         options.seq_length, options.seed);
+  if (!dataset.ok()) return fail(dataset.status().message());
+  return dataset;
+}
+
+// The optimizer copies bf16 weights into its fp32 masters when it is built,
+// so the weights must be initialised first.
+std::vector<Parameter*> InitializedParameters(Model* model, uint64_t seed) {
+  model->InitializeWeights(seed);
+  return model->Parameters();
+}
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+std::string Count(int64_t n) {
+  if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
+  if (n >= 1'000'000) return absl::StrFormat("%.2fM", n / 1e6);
+  if (n >= 1'000) return absl::StrFormat("%.1fk", n / 1e3);
+  return absl::StrCat(n);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options) {
+  absl::StatusOr<GptDataset> train = OpenDataset(kDataFlag, options.data_path, options);
+  if (!train.ok()) return train.status();
+  std::optional<GptDataset> valid;
+  if (!options.valid_data_path.empty()) {
+    absl::StatusOr<GptDataset> opened = OpenDataset(kValidFlag, options.valid_data_path, options);
+    if (!opened.ok()) return opened.status();
+    const int64_t needed = options.eval_iters * options.global_batch_size;
+    if (opened->num_samples() < needed) {
+      const int64_t fits = opened->num_samples() / options.global_batch_size;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--eval_iters=", options.eval_iters, " needs ", needed, " validation samples (",
+          options.eval_iters, " x --global_batch_size=", options.global_batch_size, ") but ",
+          kValidFlag, "=", options.valid_data_path, " holds ", opened->num_samples(), "; ",
+          fits > 0 ? absl::StrCat("lower --eval_iters to at most ", fits)
+                   : std::string("lower --global_batch_size"),
+          " or use more validation text"));
+    }
+    valid = std::move(*opened);
+  }
+  return std::unique_ptr<Trainer>(new Trainer(options, std::move(*train), std::move(valid)));
+}
+
+Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid)
+    : options_(options),
+      train_(std::move(train)),
+      valid_(std::move(valid)),
+      model_(options.model),
+      optimizer_(InitializedParameters(&model_, options.seed), options.adam),
+      schedule_(options.lr) {}
+
+std::string Trainer::Summary() const {
+  const ModelConfig& c = options_.model;
+  const TrainerOptions& o = options_;
+  std::string s;
+  absl::StrAppendFormat(
+      &s,
+      "model     Mixtral: %d layers | hidden %d | ffn %d | %d heads, %d query groups, head dim "
+      "%d | %d experts, top-%d | vocab %d | rotary base %g | norm eps %g | init std %g\n",
+      c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+      c.num_key_value_heads, c.resolved_head_dim(), c.num_local_experts, c.num_experts_per_tok,
+      c.vocab_size, c.rope_theta, c.rms_norm_eps, c.initializer_range);
+  absl::StrAppendFormat(&s, "params    %s total, %s active per token (%d total, %d active)\n",
+                        Count(model_.NumParameters()), Count(model_.NumActiveParameters()),
+                        model_.NumParameters(), model_.NumActiveParameters());
+  absl::StrAppendFormat(
+      &s,
+      "batch     seq %d | micro %d | global %d (%d micro-batches) | %d tokens per step | %d "
+      "steps\n",
+      o.seq_length, o.micro_batch_size, o.global_batch_size,
+      o.global_batch_size / o.micro_batch_size, o.global_batch_size * o.seq_length, o.train_iters);
+  absl::StrAppendFormat(
+      &s,
+      "optimizer AdamW lr %g -> %g (%s, warmup %d, decay %d steps) | betas %g %g | eps %g | "
+      "weight decay %g | clip %g | aux coeff %g | z coeff %g | seed %d\n",
+      o.lr.max_lr, o.lr.min_lr, LrDecayStyleName(o.lr.decay_style), o.lr.warmup_iters,
+      o.lr.decay_iters, o.adam.beta1, o.adam.beta2, o.adam.eps, o.adam.weight_decay, o.clip_grad,
+      c.router_aux_loss_coef, c.router_z_loss_coef, o.seed);
+  const int64_t steps_of_data = train_.num_samples() / o.global_batch_size;
+  absl::StrAppendFormat(&s, "data      %s: %d samples (%d steps per pass)\n", o.data_path,
+                        train_.num_samples(), steps_of_data);
+  if (valid_.has_value()) {
+    absl::StrAppendFormat(&s,
+                          "valid     %s: %d samples; %d batches every %d steps and at the end\n",
+                          o.valid_data_path, valid_->num_samples(), o.eval_iters, o.eval_interval);
+  } else {
+    absl::StrAppend(&s, "valid     none (set --valid_data_path to validate)\n");
+  }
+  return s;
+}
+
+absl::Status Trainer::LoadSamples(bool validation, int64_t first, int64_t count) {
+  const GptDataset& dataset = validation ? *valid_ : train_;
+  const char* flag = validation ? kValidFlag : kDataFlag;
+  const int64_t row = options_.seq_length + 1;
+  sample_buffer_.resize(static_cast<size_t>(count * row));
+  for (int64_t i = 0; i < count; ++i) {
+    int32_t* tokens = sample_buffer_.data() + i * row;
+    absl::Status read =
+        validation ? dataset.ReadWindow(first + i, tokens) : dataset.GetSample(first + i, tokens);
+    if (!read.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(flag, "=", dataset.dataset().prefix(), ": ", read.message()));
+    }
+    for (int64_t t = 0; t < row; ++t) {
+      if (tokens[t] < 0 || tokens[t] >= options_.model.vocab_size) {
+        return VocabError(flag, dataset.dataset().prefix(), options_.model.vocab_size, tokens[t],
+                          absl::StrCat(validation ? "window " : "sample ", first + i));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Trainer::MicroBatch(int64_t m, Tensor* ids, Tensor* labels) const {
+  const int64_t mbs = options_.micro_batch_size;
+  const int64_t seq = options_.seq_length;
+  *ids = Tensor::Empty({mbs, seq}, DType::kI32);
+  *labels = Tensor::Empty({mbs, seq}, DType::kI32);
+  int32_t* ids_data = ids->data<int32_t>();
+  int32_t* labels_data = labels->data<int32_t>();
+  for (int64_t b = 0; b < mbs; ++b) {
+    const int32_t* sample = sample_buffer_.data() + (m * mbs + b) * (seq + 1);
+    std::copy(sample, sample + seq, ids_data + b * seq);
+    std::copy(sample + 1, sample + seq + 1, labels_data + b * seq);
+  }
+}
+
+absl::StatusOr<StepStats> Trainer::Step() {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t gbs = options_.global_batch_size;
+  const int64_t num_micro = gbs / options_.micro_batch_size;
+  StepStats stats;
+  stats.step = step_ + 1;
+
+  if (absl::Status s = LoadSamples(/*validation=*/false, step_ * gbs, gbs); !s.ok()) return s;
+  // Labels are counted over the whole global batch before any micro-batch
+  // runs, so that each token weighs the same whatever the split. Every label
+  // counts today; a label < 0 (padding, masked prompt) would not.
+  const int64_t row = options_.seq_length + 1;
+  int64_t global_tokens = 0;
+  for (int64_t i = 0; i < gbs; ++i) {
+    const int32_t* sample = sample_buffer_.data() + i * row;
+    global_tokens += std::count_if(sample + 1, sample + row, [](int32_t t) { return t >= 0; });
+  }
+  LossScales scales;
+  scales.lm = global_tokens > 0 ? 1.0 / static_cast<double>(global_tokens) : 0.0;
+  scales.aux = 1.0 / static_cast<double>(num_micro);
+  scales.z = scales.aux;
+
+  double lm_sum = 0;
+  double aux_sum = 0;
+  double z_sum = 0;
+  for (int64_t m = 0; m < num_micro; ++m) {
+    Tensor ids;
+    Tensor labels;
+    MicroBatch(m, &ids, &labels);
+    const Losses losses = model_.ForwardBackward(ids, labels, scales);
+    lm_sum += losses.lm_loss_sum;
+    aux_sum += losses.aux_loss;
+    z_sum += losses.z_loss;
+  }
+  stats.tokens = global_tokens;
+  stats.lm_loss = lm_sum * scales.lm;
+  stats.aux_loss = aux_sum * scales.aux;
+  stats.z_loss = z_sum * scales.z;
+  stats.loss = stats.lm_loss + options_.model.router_aux_loss_coef * stats.aux_loss +
+               options_.model.router_z_loss_coef * stats.z_loss;
+
+  const std::vector<Parameter*>& params = optimizer_.params();
+  const double squared_norm = GradSquaredNorm(params);
+  stats.grad_norm = options_.clip_grad > 0 ? ClipGradNorm(params, options_.clip_grad, squared_norm)
+                                           : std::sqrt(squared_norm);
+  // The k-th update runs at At(k - 1): the schedule counts completed updates,
+  // so a skipped step does not advance it (as in Megatron-LM).
+  stats.lr = schedule_.At(optimizer_.step());
+  if (std::isfinite(stats.grad_norm)) {
+    optimizer_.Step(stats.lr);
+    consecutive_nonfinite_ = 0;
+  } else {
+    for (Parameter* p : params) p->grad.SetZero();
+    stats.skipped = true;
+    ++consecutive_nonfinite_;
+  }
+  ++step_;
+  stats.step_s = Seconds(std::chrono::steady_clock::now() - start);
+  stats.tokens_per_s =
+      stats.step_s > 0 ? static_cast<double>(gbs * options_.seq_length) / stats.step_s : 0.0;
+  return stats;
+}
+
+absl::StatusOr<double> Trainer::Evaluate() {
+  MOE_CHECK(valid_.has_value()) << "Trainer::Evaluate: no validation set (--valid_data_path)";
+  const int64_t gbs = options_.global_batch_size;
+  const int64_t num_micro = gbs / options_.micro_batch_size;
+  double lm_sum = 0;
+  int64_t tokens = 0;
+  for (int64_t batch = 0; batch < options_.eval_iters; ++batch) {
+    if (absl::Status s = LoadSamples(/*validation=*/true, batch * gbs, gbs); !s.ok()) return s;
+    for (int64_t m = 0; m < num_micro; ++m) {
+      Tensor ids;
+      Tensor labels;
+      MicroBatch(m, &ids, &labels);
+      const Losses losses = model_.Evaluate(ids, labels);
+      lm_sum += losses.lm_loss_sum;
+      tokens += losses.tokens;
+    }
+  }
+  return tokens > 0 ? lm_sum / static_cast<double>(tokens) : 0.0;
+}
+
+absl::Status Trainer::Train(StepLog* log, std::ostream* out) {
+  const bool show_z = options_.model.router_z_loss_coef > 0;
+  const int64_t last = step_ + options_.train_iters;
+  while (step_ < last) {
+    absl::StatusOr<StepStats> stats = Step();
+    if (!stats.ok()) return stats.status();
+    const bool validate =
+        valid_.has_value() && (stats->step % options_.eval_interval == 0 || stats->step == last);
+    if (validate) {
+      absl::StatusOr<double> val_loss = Evaluate();
+      if (!val_loss.ok()) return val_loss.status();
+      stats->val_loss = *val_loss;
+    }
+    if (log != nullptr) {
+      if (absl::Status s = log->Write(*stats); !s.ok()) return s;
+    }
+    if (out != nullptr) {
+      if (stats->step % options_.log_interval == 0 || stats->step == last || stats->skipped) {
+        *out << FormatStepLine(*stats, last, show_z) << std::endl;
+      }
+      if (stats->val_loss.has_value()) {
+        *out << FormatValidationLine(stats->step, *stats->val_loss) << std::endl;
+      }
+    }
+    if (consecutive_nonfinite_ >= options_.max_nonfinite_steps) {
+      return absl::InternalError(absl::StrCat(
+          "step ", stats->step, ": the gradient norm was not finite for ", consecutive_nonfinite_,
+          " steps in a row; training diverged. Lower --lr, raise --lr_warmup_iters or set "
+          "--clip_grad"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe

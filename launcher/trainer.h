@@ -1,0 +1,127 @@
+// The single-process training loop of moe-train, separate from main() so that
+// tests drive it directly.
+//
+// Step s (1-based) trains on the global samples [(s - 1) * G, s * G) of the
+// training set (G = global_batch_size), split in order into micro-batches of
+// M = micro_batch_size samples. A sample is seq_length + 1 tokens; its first
+// seq_length are the inputs and its last seq_length the labels. Before the
+// micro-batches run, the label tokens of the whole global batch are counted,
+// and every micro-batch's losses are weighted so that the accumulated gradient
+// is the gradient of
+//
+//   loss = (sum of token cross-entropies over the global batch) / (its label tokens)
+//        + aux_coeff * mean over micro-batches of aux + z_coeff * mean of z,
+//
+// which does not depend on M (nor, later, on the data-parallel size) for the
+// language-model term. The router losses are taken per micro-batch as in
+// Megatron-LM, so they do depend on how the batch is split.
+//
+// Then: global gradient norm, clipping to clip_grad, and one AdamW step at the
+// learning rate of Megatron's schedule. A non-finite norm skips the update
+// (gradients zeroed, nothing else changed, the schedule does not advance);
+// Train() stops with an error after max_nonfinite_steps in a row.
+//
+// Validation reads the first eval_iters * global_batch_size windows of the
+// validation set in file order (not shuffled, whatever the seed), so that
+// values taken at different steps, or in runs with other seeds, compare.
+#ifndef MOE_LAUNCHER_TRAINER_H_
+#define MOE_LAUNCHER_TRAINER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/data/gpt_dataset.h"
+#include "core/optim/adamw.h"
+#include "core/optim/lr_schedule.h"
+#include "launcher/step_log.h"
+#include "model/config.h"
+#include "model/model.h"
+
+namespace moe {
+
+// Everything a run needs, already resolved (no "0 means default" left).
+// Field names follow the Megatron-LM flags, which is what error messages name.
+struct TrainerOptions {
+  ModelConfig model;
+  int64_t seq_length = 0;
+  int64_t micro_batch_size = 1;
+  int64_t global_batch_size = 1;
+  int64_t train_iters = 0;
+  LrSchedule::Options lr;       // max_lr = --lr, decay_iters = --lr_decay_iters, ...
+  AdamW::Options adam;          // --adam_beta1/2, --adam_eps, --weight_decay
+  double clip_grad = 1.0;       // 0: measure the norm but never clip (Megatron's rule)
+  uint64_t seed = 1234;         // weights and data order
+  std::string data_path;        // prefix of the training .bin/.idx
+  std::string valid_data_path;  // prefix of the validation set; empty: no validation
+  int64_t eval_interval = 1000;
+  int64_t eval_iters = 100;
+  int64_t log_interval = 100;
+  int max_nonfinite_steps = 3;  // consecutive skipped steps before Train() gives up
+};
+
+class Trainer {
+ public:
+  // Opens and checks the data sets (the errors name --data_path,
+  // --valid_data_path, --vocab_size, --eval_iters), then builds the model and
+  // initialises it from options.seed. `options` must have passed
+  // ValidateTrainerOptions (launcher/train_flags.h); nothing is allocated for
+  // the model before the data checks pass.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options);
+
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // The start-of-run report: configuration, parameter counts (total and
+  // active per token) and the number of samples. Several lines.
+  std::string Summary() const;
+
+  // Trains on the next global batch. Fails (before any compute) when the
+  // batch holds a token id outside --vocab_size.
+  absl::StatusOr<StepStats> Step();
+  // Mean language-model loss per token over the first eval_iters global
+  // batches of the validation set. Requires has_validation().
+  absl::StatusOr<double> Evaluate();
+
+  // train_iters steps from the current one: each step goes to `log` (may be
+  // null), every log_interval-th step and every validation to `out` (may be
+  // null). Validation runs every eval_interval steps and after the last step.
+  absl::Status Train(StepLog* log, std::ostream* out);
+
+  const TrainerOptions& options() const { return options_; }
+  Model& model() { return model_; }
+  bool has_validation() const { return valid_.has_value(); }
+  int64_t step() const { return step_; }  // steps done (skipped ones included)
+  int64_t num_train_samples() const { return train_.num_samples(); }
+  int consecutive_nonfinite() const { return consecutive_nonfinite_; }
+
+ private:
+  Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid);
+
+  // Reads samples [first, first + count) into sample_buffer_ (count rows of
+  // seq_length + 1 tokens) and checks their ids against --vocab_size.
+  // Training samples follow the data set's shuffled order (GptDataset::
+  // GetSample); validation reads windows in file order, whatever the seed.
+  absl::Status LoadSamples(bool validation, int64_t first, int64_t count);
+  // Inputs and labels [M, seq] of micro-batch `m` of sample_buffer_.
+  void MicroBatch(int64_t m, Tensor* ids, Tensor* labels) const;
+
+  TrainerOptions options_;
+  GptDataset train_;
+  std::optional<GptDataset> valid_;
+  Model model_;
+  AdamW optimizer_;
+  LrSchedule schedule_;
+  int64_t step_ = 0;
+  int consecutive_nonfinite_ = 0;
+  std::vector<int32_t> sample_buffer_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_LAUNCHER_TRAINER_H_

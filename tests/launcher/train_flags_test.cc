@@ -1,0 +1,195 @@
+// moe-train as a user runs it: every bad flag is refused before anything is
+// allocated, with one line on stderr naming the flag and a fix, and exit code
+// 2; good flags (and the recipes) train and write the step log.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/json.h"
+#include "tests/launcher/fake_dataset.h"
+
+namespace moe {
+namespace {
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+class TrainFlagsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::MakeTestDir("train_flags_test"));
+    // Byte-tokenizer-sized data: ids up to 256 (the end-of-document id).
+    testing::WriteFakeDataset(*dir_ + "/train", 20, 100, 257, /*seed=*/1);
+    testing::WriteFakeDataset(*dir_ + "/valid", 5, 100, 257, /*seed=*/2);
+    testing::WriteFakeDataset(*dir_ + "/short", 1, 50, 257, /*seed=*/3);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  // A valid tiny run; a test appends the flag it breaks (the last value wins).
+  static std::string GoodFlags() {
+    return absl::StrCat(
+        "--num_layers=1 --hidden_size=32 --ffn_hidden_size=32 --num_attention_heads=4 "
+        "--num_query_groups=2 --num_experts=4 --moe_router_topk=2 --moe_aux_loss_coeff=0.01 "
+        "--vocab_size=257 --seq_length=16 --micro_batch_size=2 --global_batch_size=4 "
+        "--train_iters=3 --lr=1e-3 --min_lr=1e-4 --lr_warmup_iters=1 --eval_interval=2 "
+        "--eval_iters=2 --log_interval=1 --threads=2 --data_path=",
+        *dir_, "/train --valid_data_path=", *dir_, "/valid");
+  }
+
+  // Runs moe-train from the source directory (where recipes name their paths).
+  static RunResult Run(const std::string& flags) {
+    const std::string out = *dir_ + "/stdout.txt";
+    const std::string err = *dir_ + "/stderr.txt";
+    const std::string command = absl::StrCat("cd ", MOE_SOURCE_DIR, " && ", MOE_TRAIN_BIN, " ",
+                                             flags, " >", out, " 2>", err);
+    const int status = std::system(command.c_str());
+    RunResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.out = ReadAll(out);
+    result.err = ReadAll(err);
+    return result;
+  }
+
+  static std::string* dir_;
+};
+
+std::string* TrainFlagsTest::dir_ = nullptr;
+
+struct BadFlag {
+  std::string flags;     // appended to GoodFlags()
+  std::string expected;  // in the error line
+};
+
+TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
+  const std::string data = *dir_;
+  const std::vector<BadFlag> cases = {
+      // Model shape: ModelConfig::Validate's rules, in flag names.
+      {"--num_layers=0", "--num_layers must be positive, got 0; e.g. --num_layers=2"},
+      {"--hidden_size=-8", "--hidden_size must be positive, got -8"},
+      {"--hidden_size=30",
+       "--hidden_size (30) must be divisible by --num_attention_heads (4) when --kv_channels "
+       "is not set"},
+      {"--num_query_groups=3",
+       "--num_query_groups (3) must divide --num_attention_heads (4); choose a divisor"},
+      {"--kv_channels=5", "--kv_channels must be even for rotary embeddings, got 5"},
+      {"--moe_router_topk=5", "--moe_router_topk (5) cannot exceed --num_experts (4)"},
+      {"--num_experts=0", "--num_experts must be positive, got 0"},
+      {"--vocab_size=0", "--vocab_size must be positive, got 0; use the tokenizer's size"},
+      {"--rotary_base=0", "--rotary_base must be > 0, got 0; Mixtral uses 1e6"},
+      {"--norm_epsilon=-1", "--norm_epsilon must be > 0, got -1"},
+      {"--init_method_std=0", "--init_method_std must be > 0, got 0"},
+      {"--moe_aux_loss_coeff=-0.5", "--moe_aux_loss_coeff must be >= 0, got -0.5"},
+      {"--moe_z_loss_coeff=-1", "--moe_z_loss_coeff must be >= 0, got -1"},
+      {"--ffn_hidden_size=-1", "--ffn_hidden_size must be positive, got -1"},
+      // Batches and steps.
+      {"--seq_length=0", "--seq_length must be positive, got 0"},
+      {"--seq_length=64 --max_position_embeddings=32",
+       "--seq_length (64) exceeds --max_position_embeddings (32)"},
+      {"--micro_batch_size=0", "--micro_batch_size must be positive, got 0"},
+      {"--global_batch_size=5",
+       "--global_batch_size (5) must be a multiple of --micro_batch_size (2); e.g. "
+       "--global_batch_size=6"},
+      {"--train_iters=0", "--train_iters must be positive, got 0"},
+      // Optimizer and schedule: LrSchedule and AdamW's rules, in flag names.
+      {"--lr=0", "--lr must be a positive number, got 0"},
+      {"--min_lr=1", "--lr (0.001) must be >= --min_lr (1)"},
+      {"--lr_warmup_iters=3", "--lr_warmup_iters (3) must be < --lr_decay_iters (3)"},
+      {"--lr_decay_iters=-2", "--lr_decay_iters must be > 0, got -2"},
+      {"--lr_decay_style=exponential", "--lr_decay_style must be constant, linear, cosine"},
+      {"--adam_beta1=1", "--adam_beta1 must be in [0, 1), got 1"},
+      {"--adam_beta2=-0.1", "--adam_beta2 must be in [0, 1), got -0.1"},
+      {"--adam_eps=-1", "--adam_eps must be >= 0, got -1"},
+      {"--weight_decay=-0.1", "--weight_decay must be >= 0, got -0.1"},
+      {"--clip_grad=-1", "--clip_grad must be >= 0, got -1"},
+      // Validation, logging, threads.
+      {"--eval_interval=0", "--eval_interval must be positive, got 0"},
+      {"--eval_iters=0", "--eval_iters must be positive, got 0"},
+      {"--log_interval=-1", "--log_interval must be positive, got -1"},
+      {"--threads=-1", "--threads must be >= 0, got -1"},
+      {"--log_jsonl=/proc/moe-train-test/log.jsonl",
+       "--log_jsonl=/proc/moe-train-test/log.jsonl: cannot open for appending"},
+      // Data.
+      {"--data_path=", "--data_path is required"},
+      {absl::StrCat("--data_path=", data, "/missing"),
+       absl::StrCat("--data_path=", data, "/missing: ")},
+      {absl::StrCat("--valid_data_path=", data, "/missing"),
+       absl::StrCat("--valid_data_path=", data, "/missing: ")},
+      {absl::StrCat("--data_path=", data, "/short --seq_length=64"),
+       "holds 50 tokens, fewer than one sample of --seq_length + 1 = 65"},
+      {"--vocab_size=200", "--vocab_size=200 does not cover token id"},
+      {"--eval_iters=100", "--eval_iters=100 needs 400 validation samples"},
+      {"extra_argument", "unexpected argument 'extra_argument'"},
+  };
+  for (const BadFlag& c : cases) {
+    SCOPED_TRACE(c.flags);
+    const RunResult r = Run(GoodFlags() + " " + c.flags);
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_TRUE(r.out.empty()) << "nothing may run before validation passes:\n" << r.out;
+    const std::vector<std::string> lines = absl::StrSplit(r.err, '\n', absl::SkipEmpty());
+    ASSERT_EQ(lines.size(), 1u) << r.err;
+    EXPECT_EQ(lines[0].rfind("moe-train: error: ", 0), 0u) << lines[0];
+    EXPECT_NE(lines[0].find(c.expected), std::string::npos) << lines[0];
+  }
+}
+
+TEST_F(TrainFlagsTest, GoodFlagsTrainAndWriteTheStepLog) {
+  const std::string log = *dir_ + "/logs/run.jsonl";  // the directory is created
+  const RunResult r = Run(GoodFlags() + " --log_jsonl=" + log);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  for (const char* expected :
+       {"moe-train: 2 threads", "params ", " active per token", "samples", "step 1/3 | loss ",
+        "step 3/3 | loss ", "validation | step 2 | val loss", "validation | step 3 | val loss",
+        "step log in "}) {
+    EXPECT_NE(r.out.find(expected), std::string::npos) << expected << " in\n" << r.out;
+  }
+  const std::vector<std::string> lines = absl::StrSplit(ReadAll(log), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  for (const std::string& line : lines) {
+    absl::StatusOr<Json> record = ParseJson(line, log);
+    ASSERT_TRUE(record.ok()) << record.status();
+    EXPECT_NE(record->Find("lm_loss"), nullptr);
+  }
+}
+
+// A recipe's flags all pass validation; command-line flags after the
+// flagfile override it. mixtral-tiny runs one step on the fake data;
+// mixtral-8x7b would not fit, so it is checked up to the data (a missing
+// prefix fails after every flag has been accepted).
+TEST_F(TrainFlagsTest, RecipesAreValid) {
+  const RunResult tiny = Run(absl::StrCat(
+      "--flagfile=examples/recipes/mixtral-tiny.flags --train_iters=1 --lr_warmup_iters=0 "
+      "--log_jsonl= --data_path=",
+      *dir_, "/train --valid_data_path="));
+  EXPECT_EQ(tiny.exit_code, 0) << tiny.err;
+  EXPECT_NE(tiny.out.find("step 1/1 | loss "), std::string::npos) << tiny.out;
+
+  const RunResult big = Run(absl::StrCat("--flagfile=examples/recipes/mixtral-8x7b.flags ",
+                                         "--log_jsonl= --data_path=", *dir_, "/missing"));
+  EXPECT_EQ(big.exit_code, 2);
+  EXPECT_NE(big.err.find(absl::StrCat("--data_path=", *dir_, "/missing: ")), std::string::npos)
+      << big.err;
+}
+
+}  // namespace
+}  // namespace moe
