@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
+#include "core/io/safetensors.h"
 #include "core/philox.h"
 
 namespace moe::testing {
@@ -20,6 +22,23 @@ Tensor RandomIds(const Shape& shape, int64_t vocab, uint64_t seed) {
     t.data<int32_t>()[i] = static_cast<int32_t>(philox.Block(static_cast<uint64_t>(i))[0] % vocab);
   }
   return t;
+}
+
+Tensor ScalarTensor(double value, DType dtype) {
+  Tensor t = Tensor::Empty({}, dtype);
+  if (dtype == DType::kI64) {
+    t.data<int64_t>()[0] = static_cast<int64_t>(value);
+  } else {
+    t.SetFromDouble(0, value);
+  }
+  return t;
+}
+
+void WriteSafetensorsOrDie(const std::string& path,
+                           const std::vector<std::pair<std::string, Tensor>>& entries) {
+  const absl::Status status = WriteSafetensors(path, entries);
+  MOE_CHECK(status.ok()) << status.message();
+  std::printf("wrote %s\n", path.c_str());
 }
 
 double MaxRelativeError(const Tensor& a, const Tensor& b) {

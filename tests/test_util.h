@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -14,6 +17,14 @@ namespace moe::testing {
 Tensor RandomTensor(const Shape& shape, DType dtype, uint64_t seed, double std = 1.0);
 // Token ids uniform in [0, vocab) as kI32.
 Tensor RandomIds(const Shape& shape, int64_t vocab, uint64_t seed);
+
+// A 0-dimensional tensor holding `value` (integer dtypes exactly up to 2^63).
+Tensor ScalarTensor(double value, DType dtype);
+
+// Writes `entries` as a safetensors file at `path` (CHECK-fails on error) and
+// prints "wrote PATH": the reference dumps' output step.
+void WriteSafetensorsOrDie(const std::string& path,
+                           const std::vector<std::pair<std::string, Tensor>>& entries);
 
 // max_i |a_i - b_i| / max_i |b_i|: the error relative to the reference b's
 // scale, so elements near zero do not dominate. Both CPU, any floating dtype.

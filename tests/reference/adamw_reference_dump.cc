@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/io/npy.h"
 #include "core/optim/adamw.h"
 #include "tests/test_util.h"
 
@@ -27,26 +28,9 @@ namespace {
 constexpr int kSteps = 5;
 constexpr double kLrs[kSteps] = {1e-3, 3e-3, 2e-2, 5e-4, 1e-2};
 
-// An fp32 CPU tensor as a NumPy .npy file (format version 1.0).
-void WriteNpy(const std::string& path, const Tensor& t) {
-  MOE_CHECK(t.dtype() == DType::kF32 && t.device() == Device::kCpu)
-      << "WriteNpy: needs an f32 CPU tensor, got " << t.Describe();
-  std::string shape;
-  for (int i = 0; i < t.ndim(); ++i) shape += std::to_string(t.dim(i)) + ", ";
-  if (t.ndim() > 1) shape.resize(shape.size() - 2);  // (a, b); a 1-D shape keeps "(a, )"
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
-  // Magic (6) + version (2) + length (2) + header + '\n', padded to 64 bytes.
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::ofstream out(path, std::ios::binary);
-  MOE_CHECK(out.good()) << "WriteNpy: cannot open " << path;
-  const uint16_t length = static_cast<uint16_t>(header.size());
-  out.write("\x93NUMPY\x01\x00", 8);
-  out.put(static_cast<char>(length & 0xff));
-  out.put(static_cast<char>(length >> 8));
-  out << header;
-  out.write(static_cast<const char*>(t.raw_data()), static_cast<std::streamsize>(t.nbytes()));
-  MOE_CHECK(out.good()) << "WriteNpy: failed writing " << path;
+void WriteNpyOrDie(const std::string& path, const Tensor& t) {
+  const absl::Status status = WriteNpy(path, t);
+  MOE_CHECK(status.ok()) << status.message();
 }
 
 void Dump(const std::string& dir, const AdamW::Options& options) {
@@ -65,7 +49,7 @@ void Dump(const std::string& dir, const AdamW::Options& options) {
         std::make_unique<Parameter>(specs[i].first, specs[i].second, DType::kF32, Device::kCpu));
     params[i]->value.CopyFrom(testing::RandomTensor(specs[i].second, DType::kF32, 10 + i));
     pointers.push_back(params[i].get());
-    WriteNpy(dir + "/p" + std::to_string(i) + "_init.npy", params[i]->value);
+    WriteNpyOrDie(dir + "/p" + std::to_string(i) + "_init.npy", params[i]->value);
   }
   AdamW adamw(pointers, options);
   for (int step = 1; step <= kSteps; ++step) {
@@ -73,7 +57,7 @@ void Dump(const std::string& dir, const AdamW::Options& options) {
       Parameter& p = *params[i];
       p.grad.CopyFrom(testing::RandomTensor(p.value.shape(), DType::kF32, 1000 * step + i,
                                             0.05 * (1 + step + static_cast<double>(i))));
-      WriteNpy(dir + "/g" + std::to_string(i) + "_" + std::to_string(step) + ".npy", p.grad);
+      WriteNpyOrDie(dir + "/g" + std::to_string(i) + "_" + std::to_string(step) + ".npy", p.grad);
     }
     adamw.Step(kLrs[step - 1]);
   }
@@ -85,9 +69,9 @@ void Dump(const std::string& dir, const AdamW::Options& options) {
            << ", \"eps\": " << options.eps << ", \"weight_decay\": " << options.weight_decay
            << ", \"params\": [";
   for (size_t i = 0; i < params.size(); ++i) {
-    WriteNpy(dir + "/p" + std::to_string(i) + ".npy", params[i]->value);
-    WriteNpy(dir + "/m" + std::to_string(i) + ".npy", adamw.state(i).exp_avg);
-    WriteNpy(dir + "/v" + std::to_string(i) + ".npy", adamw.state(i).exp_avg_sq);
+    WriteNpyOrDie(dir + "/p" + std::to_string(i) + ".npy", params[i]->value);
+    WriteNpyOrDie(dir + "/m" + std::to_string(i) + ".npy", adamw.state(i).exp_avg);
+    WriteNpyOrDie(dir + "/v" + std::to_string(i) + ".npy", adamw.state(i).exp_avg_sq);
     manifest << (i ? ", " : "") << "{\"name\": \"" << params[i]->name
              << "\", \"decay\": " << (adamw.state(i).decay ? "true" : "false") << "}";
   }

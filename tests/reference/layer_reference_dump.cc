@@ -28,17 +28,8 @@ using Entries = std::vector<std::pair<std::string, Tensor>>;
 
 constexpr DType kF32 = DType::kF32;
 
-Tensor Scalar(double value, DType dtype) {
-  Tensor t = Tensor::Empty({}, dtype);
-  t.SetFromDouble(0, value);
-  return t;
-}
-
 void Write(const std::string& dir, const std::string& layer, const Entries& entries) {
-  const std::string path = dir + "/" + layer + ".safetensors";
-  const absl::Status status = WriteSafetensors(path, entries);
-  MOE_CHECK(status.ok()) << status.message();
-  std::printf("wrote %s\n", path.c_str());
+  testing::WriteSafetensorsOrDie(dir + "/" + layer + ".safetensors", entries);
 }
 
 void DumpLinear(const std::string& dir) {
@@ -103,8 +94,8 @@ void DumpRope(const std::string& dir) {
          {"y", y},
          {"dy", dy},
          {"dx", dx},
-         {"pos_offset", Scalar(offset, DType::kI64)},
-         {"theta", Scalar(10000.0, DType::kF64)}});
+         {"pos_offset", testing::ScalarTensor(offset, DType::kI64)},
+         {"theta", testing::ScalarTensor(10000.0, DType::kF64)}});
 }
 
 void DumpSwiglu(const std::string& dir) {
@@ -161,8 +152,8 @@ void DumpCrossEntropy(const std::string& dir) {
         {{"hidden", hidden},
          {"weight", weight},
          {"labels", labels},
-         {"loss_sum", Scalar(result.loss_sum, DType::kF64)},
-         {"tokens", Scalar(static_cast<double>(result.tokens), DType::kI64)},
+         {"loss_sum", testing::ScalarTensor(result.loss_sum, DType::kF64)},
+         {"tokens", testing::ScalarTensor(static_cast<double>(result.tokens), DType::kI64)},
          {"dhidden", dhidden},
          {"dweight", dweight}});
 }

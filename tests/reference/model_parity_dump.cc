@@ -31,16 +31,6 @@ using testing::RandomIds;
 using testing::RandomTensor;
 using Entries = std::vector<std::pair<std::string, Tensor>>;
 
-Tensor Scalar(double value, DType dtype) {
-  Tensor t = Tensor::Empty({}, dtype);
-  if (dtype == DType::kI64) {
-    t.data<int64_t>()[0] = static_cast<int64_t>(value);
-  } else {
-    t.SetFromDouble(0, value);
-  }
-  return t;
-}
-
 struct Case {
   ModelConfig config;
   int64_t batch, seq;
@@ -121,26 +111,27 @@ void DumpCase(const std::string& dir, int index, const Case& c) {
 
   const DType i64 = DType::kI64, f64 = DType::kF64;
   Entries entries = {
-      {"config.vocab_size", Scalar(config.vocab_size, i64)},
-      {"config.hidden_size", Scalar(config.hidden_size, i64)},
-      {"config.intermediate_size", Scalar(config.intermediate_size, i64)},
-      {"config.num_hidden_layers", Scalar(config.num_hidden_layers, i64)},
-      {"config.num_attention_heads", Scalar(config.num_attention_heads, i64)},
-      {"config.num_key_value_heads", Scalar(config.num_key_value_heads, i64)},
-      {"config.head_dim", Scalar(config.resolved_head_dim(), i64)},
-      {"config.num_local_experts", Scalar(config.num_local_experts, i64)},
-      {"config.num_experts_per_tok", Scalar(config.num_experts_per_tok, i64)},
-      {"config.max_position_embeddings", Scalar(config.max_position_embeddings, i64)},
-      {"config.rope_theta", Scalar(config.rope_theta, f64)},
-      {"config.rms_norm_eps", Scalar(config.rms_norm_eps, f64)},
-      {"config.router_aux_loss_coef", Scalar(config.router_aux_loss_coef, f64)},
+      {"config.vocab_size", testing::ScalarTensor(config.vocab_size, i64)},
+      {"config.hidden_size", testing::ScalarTensor(config.hidden_size, i64)},
+      {"config.intermediate_size", testing::ScalarTensor(config.intermediate_size, i64)},
+      {"config.num_hidden_layers", testing::ScalarTensor(config.num_hidden_layers, i64)},
+      {"config.num_attention_heads", testing::ScalarTensor(config.num_attention_heads, i64)},
+      {"config.num_key_value_heads", testing::ScalarTensor(config.num_key_value_heads, i64)},
+      {"config.head_dim", testing::ScalarTensor(config.resolved_head_dim(), i64)},
+      {"config.num_local_experts", testing::ScalarTensor(config.num_local_experts, i64)},
+      {"config.num_experts_per_tok", testing::ScalarTensor(config.num_experts_per_tok, i64)},
+      {"config.max_position_embeddings",
+       testing::ScalarTensor(config.max_position_embeddings, i64)},
+      {"config.rope_theta", testing::ScalarTensor(config.rope_theta, f64)},
+      {"config.rms_norm_eps", testing::ScalarTensor(config.rms_norm_eps, f64)},
+      {"config.router_aux_loss_coef", testing::ScalarTensor(config.router_aux_loss_coef, f64)},
       {"input_ids", ids},
       {"labels", labels},
       {"logits", logits},
-      {"lm_loss_sum", Scalar(lm_only.lm_loss_sum, f64)},
-      {"tokens", Scalar(static_cast<double>(lm_only.tokens), i64)},
-      {"loss", Scalar(lm_only.lm_loss_sum * lm_scale, f64)},
-      {"aux_loss", Scalar(lm_only.aux_loss, f64)},
+      {"lm_loss_sum", testing::ScalarTensor(lm_only.lm_loss_sum, f64)},
+      {"tokens", testing::ScalarTensor(static_cast<double>(lm_only.tokens), i64)},
+      {"loss", testing::ScalarTensor(lm_only.lm_loss_sum * lm_scale, f64)},
+      {"aux_loss", testing::ScalarTensor(lm_only.aux_loss, f64)},
   };
   for (size_t i = 0; i < router_logits.size(); ++i) {
     entries.push_back({"router_logits." + std::to_string(i), router_logits[i]});

@@ -28,21 +28,8 @@ using Entries = std::vector<std::pair<std::string, Tensor>>;
 
 constexpr DType kF32 = DType::kF32;
 
-Tensor Scalar(double value, DType dtype) {
-  Tensor t = Tensor::Empty({}, dtype);
-  if (dtype == DType::kI64) {
-    t.data<int64_t>()[0] = static_cast<int64_t>(value);
-  } else {
-    t.SetFromDouble(0, value);
-  }
-  return t;
-}
-
 void Write(const std::string& dir, const std::string& file, const Entries& entries) {
-  const std::string path = dir + "/" + file + ".safetensors";
-  const absl::Status status = WriteSafetensors(path, entries);
-  MOE_CHECK(status.ok()) << status.message();
-  std::printf("wrote %s\n", path.c_str());
+  testing::WriteSafetensorsOrDie(dir + "/" + file + ".safetensors", entries);
 }
 
 void DumpBlock(const std::string& dir) {
@@ -59,10 +46,10 @@ void DumpBlock(const std::string& dir) {
   MoeLayer::Saved saved;
   const MoeLayer::Output out = layer.Forward(x, &saved);
   const Tensor dx = layer.Backward(dy, /*daux_dprob_E=*/{}, /*z_scale=*/0, saved);
-  Entries entries = {{"hidden_size", Scalar(64, DType::kI64)},
-                     {"intermediate_size", Scalar(96, DType::kI64)},
-                     {"num_experts", Scalar(8, DType::kI64)},
-                     {"top_k", Scalar(2, DType::kI64)},
+  Entries entries = {{"hidden_size", testing::ScalarTensor(64, DType::kI64)},
+                     {"intermediate_size", testing::ScalarTensor(96, DType::kI64)},
+                     {"num_experts", testing::ScalarTensor(8, DType::kI64)},
+                     {"top_k", testing::ScalarTensor(2, DType::kI64)},
                      {"x", x},
                      {"dy", dy},
                      {"y", out.y},
@@ -101,19 +88,19 @@ void DumpAux(const std::string& dir) {
   const Tensor dx1 =
       r1.Backward(Tensor::Zeros(b.weights_TK.shape(), kF32), aux.daux_dprob, z1.z_scale, s1);
   Write(dir, "aux",
-        {{"num_experts", Scalar(experts, DType::kI64)},
-         {"top_k", Scalar(top_k, DType::kI64)},
-         {"c_aux", Scalar(c_aux, DType::kF64)},
-         {"c_z", Scalar(c_z, DType::kF64)},
+        {{"num_experts", testing::ScalarTensor(experts, DType::kI64)},
+         {"top_k", testing::ScalarTensor(top_k, DType::kI64)},
+         {"c_aux", testing::ScalarTensor(c_aux, DType::kF64)},
+         {"c_z", testing::ScalarTensor(c_z, DType::kF64)},
          {"x0", x0},
          {"x1", x1},
          {"gate0", r0.weight().value},
          {"gate1", r1.weight().value},
          {"logits0", a.logits_TE},
          {"logits1", b.logits_TE},
-         {"aux", Scalar(aux.aux, DType::kF64)},
-         {"z0", Scalar(z0.z, DType::kF64)},
-         {"z1", Scalar(z1.z, DType::kF64)},
+         {"aux", testing::ScalarTensor(aux.aux, DType::kF64)},
+         {"z0", testing::ScalarTensor(z0.z, DType::kF64)},
+         {"z1", testing::ScalarTensor(z1.z, DType::kF64)},
          {"dx0", dx0},
          {"dx1", dx1},
          {"dgate0", r0.weight().grad},
