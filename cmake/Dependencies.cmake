@@ -26,6 +26,17 @@ add_library(moe_openblas INTERFACE)
 target_include_directories(moe_openblas INTERFACE ${MOE_CBLAS_INCLUDE_DIR})
 target_link_libraries(moe_openblas INTERFACE ${MOE_OPENBLAS_LIBRARY} OpenMP::OpenMP_CXX)
 
+# MPI (OpenMPI from Debian) for multi-rank runs on CPU tensors. Optional so
+# that a GPU machine without Debian packages can still build the core: the
+# MPI communicator and the multi-rank tests are then left out.
+find_package(MPI COMPONENTS CXX)
+set(MOE_WITH_MPI ${MPI_CXX_FOUND})
+message(STATUS "moe: MPI ${MOE_WITH_MPI}")
+if(MOE_WITH_MPI)
+  # mpirun refuses to start as root without these; the tests run as root in CI.
+  set(MOE_MPIEXEC ${MPIEXEC_EXECUTABLE} --oversubscribe --allow-run-as-root)
+endif()
+
 if(MOE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
