@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -72,6 +73,21 @@ ABSL_FLAG(int64_t, eval_iters, 100, "Global batches of validation data per valid
 ABSL_FLAG(int64_t, log_interval, 100, "Print a step line every this many steps.");
 ABSL_FLAG(std::string, log_jsonl, "",
           "Append one JSON object per step to this file; empty = no file.");
+// Parallel layout (Megatron-LM names). DP = world size / (TP * CP * PP).
+ABSL_FLAG(int32_t, tensor_model_parallel_size, 1, "Tensor-parallel ranks (TP).");
+ABSL_FLAG(int32_t, context_parallel_size, 1, "Context-parallel ranks (CP).");
+ABSL_FLAG(int32_t, pipeline_model_parallel_size, 1, "Pipeline stages (PP).");
+ABSL_FLAG(int32_t, expert_model_parallel_size, 1, "Expert-parallel ranks of the MoE layers (EP).");
+ABSL_FLAG(int32_t, expert_tensor_parallel_size, 1, "Tensor-parallel ranks of each expert (ETP).");
+ABSL_FLAG(bool, sequence_parallel, false,
+          "Sequence parallelism in the tensor-parallel regions (needs TP > 1).");
+ABSL_FLAG(bool, use_distributed_optimizer, false,
+          "Shard AdamW's state and fp32 master weights over the data-parallel ranks (ZeRO-1).");
+ABSL_FLAG(int64_t, ddp_bucket_size, 0,
+          "Elements per data-parallel gradient bucket; 0 = max(40M, 1M * DP) (Megatron).");
+ABSL_FLAG(bool, print_grid, false,
+          "Print the rank grid (every rank's coordinates and groups) and exit.");
+
 ABSL_FLAG(int32_t, threads, 0,
           "OpenMP threads; 0 = OpenMP's default (OMP_NUM_THREADS, else every core).");
 
@@ -248,6 +264,17 @@ absl::Status ValidateTrainerOptions(const TrainerOptions& o) {
   if (absl::Status s = RequirePositive("eval_interval", o.eval_interval, "50"); !s.ok()) return s;
   if (absl::Status s = RequirePositive("eval_iters", o.eval_iters, "10"); !s.ok()) return s;
   if (absl::Status s = RequirePositive("log_interval", o.log_interval, "10"); !s.ok()) return s;
+  for (auto [flag, size] : {std::pair{"tensor_model_parallel_size", o.parallel.tp},
+                            std::pair{"context_parallel_size", o.parallel.cp},
+                            std::pair{"pipeline_model_parallel_size", o.parallel.pp},
+                            std::pair{"expert_model_parallel_size", o.parallel.ep},
+                            std::pair{"expert_tensor_parallel_size", o.parallel.etp}}) {
+    if (absl::Status s = RequirePositive(flag, size, "1"); !s.ok()) return s;
+  }
+  if (o.ddp_bucket_size < 0) {
+    return Invalid(absl::StrCat("--ddp_bucket_size must be >= 0, got ", o.ddp_bucket_size,
+                                "; e.g. --ddp_bucket_size=40000000, or 0 for Megatron's default"));
+  }
   if (o.max_nonfinite_steps < 1) {
     return Invalid(
         absl::StrCat("max_nonfinite_steps must be positive, got ", o.max_nonfinite_steps));
@@ -295,6 +322,14 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   o.eval_interval = absl::GetFlag(FLAGS_eval_interval);
   o.eval_iters = absl::GetFlag(FLAGS_eval_iters);
   o.log_interval = absl::GetFlag(FLAGS_log_interval);
+  o.parallel.tp = absl::GetFlag(FLAGS_tensor_model_parallel_size);
+  o.parallel.cp = absl::GetFlag(FLAGS_context_parallel_size);
+  o.parallel.pp = absl::GetFlag(FLAGS_pipeline_model_parallel_size);
+  o.parallel.ep = absl::GetFlag(FLAGS_expert_model_parallel_size);
+  o.parallel.etp = absl::GetFlag(FLAGS_expert_tensor_parallel_size);
+  o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
+  o.use_distributed_optimizer = absl::GetFlag(FLAGS_use_distributed_optimizer);
+  o.ddp_bucket_size = absl::GetFlag(FLAGS_ddp_bucket_size);
   if (absl::Status s = ValidateTrainerOptions(o); !s.ok()) return s;
 
   settings.threads = absl::GetFlag(FLAGS_threads);
@@ -303,6 +338,7 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
                                 "; e.g. --threads=2, or 0 for every core"));
   }
   settings.log_jsonl = absl::GetFlag(FLAGS_log_jsonl);
+  settings.print_grid = absl::GetFlag(FLAGS_print_grid);
   return settings;
 }
 

@@ -19,8 +19,9 @@ namespace moe {
 // What main() needs beyond the trainer's options.
 struct TrainSettings {
   TrainerOptions trainer;
-  int threads = 0;        // --threads: OpenMP threads; 0 = every core
-  std::string log_jsonl;  // --log_jsonl: the step log; empty = none
+  int threads = 0;          // --threads: OpenMP threads; 0 = every core
+  std::string log_jsonl;    // --log_jsonl: the step log; empty = none (written by rank 0)
+  bool print_grid = false;  // --print_grid: print the rank grid and exit
 };
 
 // Reads the flags (after absl::ParseCommandLine), resolves the defaults that

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/optim/grad_clip.h"
+#include "parallel/local_communicator.h"
 
 namespace moe {
 namespace {
@@ -88,13 +89,6 @@ absl::StatusOr<GptDataset> OpenDataset(const char* flag, const std::string& pref
   return dataset;
 }
 
-// The optimizer copies bf16 weights into its fp32 masters when it is built,
-// so the weights must be initialised first.
-std::vector<Parameter*> InitializedParameters(Model* model, uint64_t seed) {
-  model->InitializeWeights(seed);
-  return model->Parameters();
-}
-
 double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
@@ -106,9 +100,111 @@ std::string Count(int64_t n) {
   return absl::StrCat(n);
 }
 
+std::string Bytes(double n) {
+  if (n >= 1e9) return absl::StrFormat("%.2f GB", n / 1e9);
+  if (n >= 1e6) return absl::StrFormat("%.1f MB", n / 1e6);
+  return absl::StrFormat("%.1f kB", n / 1e3);
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options) {
+absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_size) {
+  GridRequirements req;
+  req.num_attention_heads = options.model.num_attention_heads;
+  req.num_query_groups = options.model.num_key_value_heads;
+  req.num_experts = options.model.num_local_experts;
+  req.ffn_hidden_size = options.model.intermediate_size;
+  req.global_batch_size = options.global_batch_size;
+  req.micro_batch_size = options.micro_batch_size;
+  return RankGrid::Create(world_size, options.parallel, &req);
+}
+
+absl::Status CheckParallelImplemented(const TrainerOptions& options) {
+  const ParallelSizes& p = options.parallel;
+  for (auto [flag, size] :
+       {std::pair{"--tensor_model_parallel_size", p.tp}, std::pair{"--context_parallel_size", p.cp},
+        std::pair{"--pipeline_model_parallel_size", p.pp},
+        std::pair{"--expert_model_parallel_size", p.ep},
+        std::pair{"--expert_tensor_parallel_size", p.etp}}) {
+    if (size != 1) {
+      return absl::UnimplementedError(absl::StrCat(
+          flag, "=", size, ": not implemented yet (issue 5/6); only data parallelism runs today: ",
+          "set it to 1 and every rank becomes a data-parallel rank (--print_grid shows the "
+          "layout it would build)"));
+    }
+  }
+  if (options.sequence_parallel) {
+    return absl::UnimplementedError(
+        "--sequence_parallel: not implemented yet (issue 5/6); it needs "
+        "--tensor_model_parallel_size > 1, which is not built yet either: drop the flag");
+  }
+  return absl::OkStatus();
+}
+
+int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size) {
+  if (options.ddp_bucket_size > 0) return options.ddp_bucket_size;
+  return std::max<int64_t>(40'000'000, int64_t{1'000'000} * dp_size);
+}
+
+// Per rank, in bytes (fp32 everywhere on the CPU; N parameters, DP ranks):
+//   parameters          4 N
+//   gradients           4 N in Parameter::grad, plus with DP > 1 or the
+//                       distributed optimizer the flat bucket copy 4 N
+//                       (+ 4 N / DP for the reduce-scattered chunk)
+//   optimizer state     AdamW: exp_avg + exp_avg_sq = 8 N;
+//                       distributed: master + exp_avg + exp_avg_sq of one
+//                       chunk = 12 ceil(N / DP)
+//   activations         per micro-batch of T = micro_batch_size * seq_length
+//                       tokens, the tensors every layer's Saved holds, each
+//                       counted on its own (so shared ones are counted twice:
+//                       an over-estimate), 4 bytes each:
+//                         per layer  T (8 h + 4 a d + 2 g d + a + E + 4 k + k (2 h + 3 f))
+//                         (norm inputs and outputs, q/k/v/out/lse of attention,
+//                         router logits and ids, each routed row's expert input,
+//                         w1/w3/SwiGLU outputs and output)
+//                         head       T (3 h + 2)
+//                       with h hidden, a heads, g query groups, d head dim,
+//                       E experts, k top-k, f expert ffn width. Scratch of
+//                       the layer being run is not included.
+std::string MemoryReport(const TrainerOptions& o, int64_t n, int dp_size) {
+  const ModelConfig& c = o.model;
+  const double dp = dp_size;
+  const double params = 4.0 * n;
+  const double chunk = std::ceil(n / dp);
+  const bool buckets = dp_size > 1 || o.use_distributed_optimizer;
+  const double grads =
+      4.0 * n + (buckets ? 4.0 * n : 0.0) + (o.use_distributed_optimizer ? 4.0 * chunk : 0.0);
+  const double adam = 8.0 * n;
+  const double sharded = 12.0 * chunk;
+  const double t = static_cast<double>(o.micro_batch_size * o.seq_length);
+  const double h = c.hidden_size, a = c.num_attention_heads, g = c.num_key_value_heads,
+               d = c.resolved_head_dim(), e = c.num_local_experts, k = c.num_experts_per_tok,
+               f = c.intermediate_size;
+  const double per_layer =
+      t * (8 * h + 4 * a * d + 2 * g * d + a + e + 4 * k + k * (2 * h + 3 * f));
+  const double activations = 4.0 * (c.num_hidden_layers * per_layer + t * (3 * h + 2));
+  const double optimizer = o.use_distributed_optimizer ? sharded : adam;
+  std::string s;
+  absl::StrAppendFormat(
+      &s,
+      "memory    per rank: params %s | grads %s | optimizer %s (AdamW %s; distributed over "
+      "DP=%d %s)%s | activations <= %s per micro-batch | total ~%s\n",
+      Bytes(params), Bytes(grads), Bytes(optimizer), Bytes(adam), dp_size, Bytes(sharded),
+      o.use_distributed_optimizer ? " [distributed]" : "", Bytes(activations),
+      Bytes(params + grads + optimizer + activations));
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
+                                                         Communicator* world) {
+  if (absl::Status s = CheckParallelImplemented(options); !s.ok()) return s;
+  std::unique_ptr<Communicator> owned_world;
+  if (world == nullptr) {
+    owned_world = std::make_unique<LocalCommunicator>();
+    world = owned_world.get();
+  }
+  absl::StatusOr<RankGrid> grid = BuildRankGrid(options, world->size());
+  if (!grid.ok()) return grid.status();
   absl::StatusOr<GptDataset> train = OpenDataset(kDataFlag, options.data_path, options);
   if (!train.ok()) return train.status();
   std::optional<GptDataset> valid;
@@ -128,16 +224,116 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& o
     }
     valid = std::move(*opened);
   }
-  return std::unique_ptr<Trainer>(new Trainer(options, std::move(*train), std::move(valid)));
+  std::unique_ptr<Trainer> trainer(new Trainer(options, std::move(*train), std::move(valid),
+                                               std::move(*grid), std::move(owned_world), world));
+  if (absl::Status s = trainer->CheckReplicasAgree(); !s.ok()) return s;
+  return trainer;
 }
 
-Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid)
+Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid,
+                 RankGrid grid, std::unique_ptr<Communicator> owned_world, Communicator* world)
     : options_(options),
       train_(std::move(train)),
       valid_(std::move(valid)),
+      grid_(std::move(grid)),
+      owned_world_(std::move(owned_world)),
+      world_(world),
       model_(options.model),
-      optimizer_(InitializedParameters(&model_, options.seed), options.adam),
-      schedule_(options.lr) {}
+      schedule_(options.lr) {
+  const SplitColor dp_color = grid_.Color(GroupKind::kDp, world_->rank());
+  dp_ = world_->Split(dp_color.color, dp_color.key);
+  MOE_CHECK(dp_ != nullptr && dp_->size() == grid_.dp())
+      << "Trainer: the data-parallel group has " << (dp_ ? dp_->size() : 0)
+      << " ranks, the grid says " << grid_.dp();
+  // The optimizers copy the weights (masters) when built: initialise first.
+  model_.InitializeWeights(options.seed);
+  const int64_t bucket_bytes = 4 * ResolvedBucketElements(options, dp_->size());
+  if (options.use_distributed_optimizer) {
+    dist_optimizer_ = std::make_unique<DistributedOptimizer>(model_.Parameters(), dp_.get(),
+                                                             options.adam, bucket_bytes);
+  } else {
+    optimizer_ = std::make_unique<AdamW>(model_.Parameters(), options.adam);
+    if (dp_->size() > 1) {
+      buckets_ = std::make_unique<GradBuckets>(model_.Parameters(), dp_.get(), bucket_bytes,
+                                               GradBuckets::Mode::kAllReduce);
+    }
+  }
+}
+
+void Trainer::SumOverDp(std::vector<double>* values) const {
+  Tensor t = Tensor::Empty({static_cast<int64_t>(values->size())}, DType::kF64);
+  std::copy(values->begin(), values->end(), t.data<double>());
+  dp_->AllReduceSync(t, ReduceOp::kSum);
+  std::copy(t.data<double>(), t.data<double>() + values->size(), values->begin());
+}
+
+absl::Status Trainer::CheckReplicasAgree() {
+  // Initialisation is keyed by (seed, name, element index), so every rank
+  // draws the same weights with no broadcast; this checks it. A weighted sum
+  // also catches weights that are permuted or belong to another parameter.
+  double checksum = 0;
+  int64_t p = 0;
+  for (Parameter* param : model_.Parameters()) {
+    const float* x = param->value.data<float>();
+    for (int64_t i = 0; i < param->value.numel(); ++i) {
+      checksum += static_cast<double>(x[i]) * static_cast<double>(1 + (i + 31 * p) % 97);
+    }
+    ++p;
+  }
+  Tensor extremes = Tensor::Empty({2}, DType::kF64);
+  extremes.data<double>()[0] = checksum;
+  extremes.data<double>()[1] = -checksum;
+  world_->AllReduceSync(extremes, ReduceOp::kMax);
+  const double max = extremes.data<double>()[0];
+  const double min = -extremes.data<double>()[1];
+  if (max != min) {
+    return absl::InternalError(absl::StrFormat(
+        "the initial weights differ between ranks (checksum %.17g here, between %.17g and %.17g "
+        "over the %d ranks); every rank must run the same binary with the same --seed and "
+        "model flags",
+        checksum, min, max, world_->size()));
+  }
+  return absl::OkStatus();
+}
+
+double Trainer::ReduceAndClip() {
+  double squared_norm = 0;
+  std::vector<Parameter*> owned;  // the grads this rank clips
+  if (dist_optimizer_ != nullptr) {
+    dist_optimizer_->ReduceGradients();
+    squared_norm = dist_optimizer_->SquaredGradNorm();
+    owned = dist_optimizer_->shard_params();
+  } else if (buckets_ != nullptr) {
+    // Every rank holds the whole summed gradient; each sums the squares of
+    // its own chunks only, so every element is counted once.
+    buckets_->Reduce();
+    std::vector<double> sq = {buckets_->OwnedSquaredNorm()};
+    SumOverDp(&sq);
+    squared_norm = sq[0];
+    owned = optimizer_->params();
+  } else {
+    owned = optimizer_->params();
+    squared_norm = GradSquaredNorm(owned);
+  }
+  return options_.clip_grad > 0 ? ClipGradNorm(owned, options_.clip_grad, squared_norm)
+                                : std::sqrt(squared_norm);
+}
+
+void Trainer::ApplyUpdate(double lr) {
+  if (dist_optimizer_ != nullptr) {
+    dist_optimizer_->Step(lr);
+  } else {
+    optimizer_->Step(lr);
+  }
+}
+
+void Trainer::ZeroGrads() {
+  if (dist_optimizer_ != nullptr) {
+    dist_optimizer_->ZeroGrad();
+  } else {
+    for (Parameter* p : optimizer_->params()) p->grad.SetZero();
+  }
+}
 
 std::string Trainer::Summary() const {
   const ModelConfig& c = options_.model;
@@ -166,6 +362,14 @@ std::string Trainer::Summary() const {
       o.lr.max_lr, o.lr.min_lr, LrDecayStyleName(o.lr.decay_style), o.lr.warmup_iters,
       o.lr.decay_iters, o.adam.beta1, o.adam.beta2, o.adam.eps, o.adam.weight_decay, o.clip_grad,
       c.router_aux_loss_coef, c.router_z_loss_coef, o.seed);
+  absl::StrAppendFormat(&s,
+                        "parallel  %d ranks: DP %d (TP, CP, PP, EP, ETP 1) | %d micro-batches "
+                        "per DP rank | %s optimizer | gradient buckets of %d elements\n",
+                        world_->size(), dp_->size(),
+                        o.global_batch_size / o.micro_batch_size / dp_->size(),
+                        o.use_distributed_optimizer ? "distributed (ZeRO-1)" : "replicated",
+                        ResolvedBucketElements(o, dp_->size()));
+  absl::StrAppend(&s, MemoryReport(o, model_.NumParameters(), dp_->size()));
   const int64_t steps_of_data = train_.num_samples() / o.global_batch_size;
   absl::StrAppendFormat(&s, "data      %s: %d samples (%d steps per pass)\n", o.data_path,
                         train_.num_samples(), steps_of_data);
@@ -220,19 +424,29 @@ absl::StatusOr<StepStats> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t gbs = options_.global_batch_size;
   const int64_t num_micro = gbs / options_.micro_batch_size;
+  // This DP rank's slice of the global batch (BuildRankGrid checked that
+  // DP * micro_batch_size divides it).
+  const int64_t local = gbs / dp_->size();
+  const int64_t num_local_micro = local / options_.micro_batch_size;
   StepStats stats;
   stats.step = step_ + 1;
 
-  if (absl::Status s = LoadSamples(/*validation=*/false, step_ * gbs, gbs); !s.ok()) return s;
-  // Labels are counted over the whole global batch before any micro-batch
-  // runs, so that each token weighs the same whatever the split. Every label
-  // counts today; a label < 0 (padding, masked prompt) would not.
-  const int64_t row = options_.seq_length + 1;
-  int64_t global_tokens = 0;
-  for (int64_t i = 0; i < gbs; ++i) {
-    const int32_t* sample = sample_buffer_.data() + i * row;
-    global_tokens += std::count_if(sample + 1, sample + row, [](int32_t t) { return t >= 0; });
+  if (absl::Status s = LoadSamples(/*validation=*/false, step_ * gbs + dp_->rank() * local, local);
+      !s.ok()) {
+    return s;
   }
+  // Labels are counted over the whole global batch (all DP ranks) before any
+  // micro-batch runs, so that each token weighs the same whatever the split.
+  // Every label counts today; a label < 0 (padding, masked prompt) would not.
+  const int64_t row = options_.seq_length + 1;
+  int64_t local_tokens = 0;
+  for (int64_t i = 0; i < local; ++i) {
+    const int32_t* sample = sample_buffer_.data() + i * row;
+    local_tokens += std::count_if(sample + 1, sample + row, [](int32_t t) { return t >= 0; });
+  }
+  std::vector<double> token_sum = {static_cast<double>(local_tokens)};  // exact below 2^53
+  SumOverDp(&token_sum);
+  const auto global_tokens = static_cast<int64_t>(token_sum[0]);
   LossScales scales;
   scales.lm = global_tokens > 0 ? 1.0 / static_cast<double>(global_tokens) : 0.0;
   scales.aux = 1.0 / static_cast<double>(num_micro);
@@ -241,7 +455,7 @@ absl::StatusOr<StepStats> Trainer::Step() {
   double lm_sum = 0;
   double aux_sum = 0;
   double z_sum = 0;
-  for (int64_t m = 0; m < num_micro; ++m) {
+  for (int64_t m = 0; m < num_local_micro; ++m) {
     Tensor ids;
     Tensor labels;
     MicroBatch(m, &ids, &labels);
@@ -250,6 +464,13 @@ absl::StatusOr<StepStats> Trainer::Step() {
     aux_sum += losses.aux_loss;
     z_sum += losses.z_loss;
   }
+  if (dp_->size() > 1) {
+    std::vector<double> sums = {lm_sum, aux_sum, z_sum};
+    SumOverDp(&sums);
+    lm_sum = sums[0];
+    aux_sum = sums[1];
+    z_sum = sums[2];
+  }
   stats.tokens = global_tokens;
   stats.lm_loss = lm_sum * scales.lm;
   stats.aux_loss = aux_sum * scales.aux;
@@ -257,18 +478,17 @@ absl::StatusOr<StepStats> Trainer::Step() {
   stats.loss = stats.lm_loss + options_.model.router_aux_loss_coef * stats.aux_loss +
                options_.model.router_z_loss_coef * stats.z_loss;
 
-  const std::vector<Parameter*>& params = optimizer_.params();
-  const double squared_norm = GradSquaredNorm(params);
-  stats.grad_norm = options_.clip_grad > 0 ? ClipGradNorm(params, options_.clip_grad, squared_norm)
-                                           : std::sqrt(squared_norm);
+  // The norm is the same on every rank, so all ranks skip or step together.
+  stats.grad_norm = ReduceAndClip();
   // The k-th update runs at At(k - 1): the schedule counts completed updates,
   // so a skipped step does not advance it (as in Megatron-LM).
-  stats.lr = schedule_.At(optimizer_.step());
+  stats.lr =
+      schedule_.At(dist_optimizer_ != nullptr ? dist_optimizer_->step() : optimizer_->step());
   if (std::isfinite(stats.grad_norm)) {
-    optimizer_.Step(stats.lr);
+    ApplyUpdate(stats.lr);
     consecutive_nonfinite_ = 0;
   } else {
-    for (Parameter* p : params) p->grad.SetZero();
+    ZeroGrads();
     stats.skipped = true;
     ++consecutive_nonfinite_;
   }
@@ -282,12 +502,16 @@ absl::StatusOr<StepStats> Trainer::Step() {
 absl::StatusOr<double> Trainer::Evaluate() {
   MOE_CHECK(valid_.has_value()) << "Trainer::Evaluate: no validation set (--valid_data_path)";
   const int64_t gbs = options_.global_batch_size;
-  const int64_t num_micro = gbs / options_.micro_batch_size;
+  const int64_t local = gbs / dp_->size();
+  const int64_t num_local_micro = local / options_.micro_batch_size;
   double lm_sum = 0;
   int64_t tokens = 0;
   for (int64_t batch = 0; batch < options_.eval_iters; ++batch) {
-    if (absl::Status s = LoadSamples(/*validation=*/true, batch * gbs, gbs); !s.ok()) return s;
-    for (int64_t m = 0; m < num_micro; ++m) {
+    if (absl::Status s = LoadSamples(/*validation=*/true, batch * gbs + dp_->rank() * local, local);
+        !s.ok()) {
+      return s;
+    }
+    for (int64_t m = 0; m < num_local_micro; ++m) {
       Tensor ids;
       Tensor labels;
       MicroBatch(m, &ids, &labels);
@@ -295,6 +519,12 @@ absl::StatusOr<double> Trainer::Evaluate() {
       lm_sum += losses.lm_loss_sum;
       tokens += losses.tokens;
     }
+  }
+  if (dp_->size() > 1) {
+    std::vector<double> sums = {lm_sum, static_cast<double>(tokens)};
+    SumOverDp(&sums);
+    lm_sum = sums[0];
+    tokens = static_cast<int64_t>(sums[1]);
   }
   return tokens > 0 ? lm_sum / static_cast<double>(tokens) : 0.0;
 }

@@ -24,6 +24,18 @@
 // Validation reads the first eval_iters * global_batch_size windows of the
 // validation set in file order (not shuffled, whatever the seed), so that
 // values taken at different steps, or in runs with other seeds, compare.
+//
+// Data parallelism (DP = the world size for now; TP, CP, PP, EP, ETP = 1).
+// DP rank d reads the samples [(s - 1) * G + d * G / DP, ... + G / DP) of
+// step s, in micro-batches of M, so that each micro-batch holds the same
+// samples as on one rank. The label-token count and the logged losses are
+// all-reduced over DP, the aux and z scales are 1 / (G / M) (all
+// micro-batches of the global batch), and the gradients are summed over DP
+// (parallel/grad_buckets.h) before the global norm, so every step computes
+// the update of one rank up to rounding (DESIGN.md property 1). With
+// use_distributed_optimizer, AdamW's state is sharded over DP
+// (parallel/distributed_optimizer.h). Validation splits each global batch
+// the same way and all-reduces the loss sums.
 #ifndef MOE_LAUNCHER_TRAINER_H_
 #define MOE_LAUNCHER_TRAINER_H_
 
@@ -42,6 +54,10 @@
 #include "launcher/step_log.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "parallel/communicator.h"
+#include "parallel/distributed_optimizer.h"
+#include "parallel/grad_buckets.h"
+#include "parallel/rank_grid.h"
 
 namespace moe {
 
@@ -63,7 +79,29 @@ struct TrainerOptions {
   int64_t eval_iters = 100;
   int64_t log_interval = 100;
   int max_nonfinite_steps = 3;  // consecutive skipped steps before Train() gives up
+  // Megatron-LM's --tensor_model_parallel_size, ... (train_flags.h rejects
+  // anything but 1 until the parallel layers exist); DP is derived.
+  ParallelSizes parallel;
+  bool sequence_parallel = false;
+  bool use_distributed_optimizer = false;
+  int64_t ddp_bucket_size = 0;  // elements per gradient bucket; 0 = max(4e7, 1e6 * DP) (Megatron)
 };
+
+// The rank grid of a run on `world_size` ranks, validated against the model
+// and the batch (RankGrid::Create; its message names the flags).
+absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_size);
+// Fails, naming the flag, for a layout the trainer cannot run yet: a size
+// other than 1 for TP, CP, PP, EP or ETP, or --sequence_parallel.
+absl::Status CheckParallelImplemented(const TrainerOptions& options);
+
+// Megatron-LM's default gradient bucket: max(40M, 1M * DP) elements.
+int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size);
+
+// The start-up memory report of one rank: parameters, gradients (and their
+// bucket copy), optimizer state with and without the distributed optimizer,
+// and an estimate of the activations saved per micro-batch. Formula in
+// trainer.cc (MemoryReport).
+std::string MemoryReport(const TrainerOptions& options, int64_t num_parameters, int dp_size);
 
 class Trainer {
  public:
@@ -72,7 +110,14 @@ class Trainer {
   // initialises it from options.seed. `options` must have passed
   // ValidateTrainerOptions (launcher/train_flags.h); nothing is allocated for
   // the model before the data checks pass.
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options);
+  //
+  // `world` (may be null: one rank, a LocalCommunicator) holds every rank of
+  // the run and must outlive the trainer; the rank grid is built on it and
+  // validated (options.parallel, the batch against DP). Every rank then
+  // checks that its initial weights equal rank 0's (a checksum all-reduce).
+  // Create is collective: every rank of `world` calls it.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options,
+                                                         Communicator* world = nullptr);
 
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -94,6 +139,9 @@ class Trainer {
   absl::Status Train(StepLog* log, std::ostream* out);
 
   const TrainerOptions& options() const { return options_; }
+  const RankGrid& grid() const { return grid_; }
+  int dp_rank() const { return dp_->rank(); }
+  int dp_size() const { return dp_->size(); }
   Model& model() { return model_; }
   bool has_validation() const { return valid_.has_value(); }
   int64_t step() const { return step_; }  // steps done (skipped ones included)
@@ -101,7 +149,17 @@ class Trainer {
   int consecutive_nonfinite() const { return consecutive_nonfinite_; }
 
  private:
-  Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid);
+  Trainer(const TrainerOptions& options, GptDataset train, std::optional<GptDataset> valid,
+          RankGrid grid, std::unique_ptr<Communicator> owned_world, Communicator* world);
+
+  // Sum of `values` over DP, in place (the DP group's all-reduce).
+  void SumOverDp(std::vector<double>* values) const;
+  // Fails unless every rank holds rank 0's initial weights.
+  absl::Status CheckReplicasAgree();
+  // The gradient reduction over DP, global norm and clipping, and the update.
+  double ReduceAndClip();
+  void ApplyUpdate(double lr);
+  void ZeroGrads();
 
   // Reads samples [first, first + count) into sample_buffer_ (count rows of
   // seq_length + 1 tokens) and checks their ids against --vocab_size.
@@ -114,8 +172,15 @@ class Trainer {
   TrainerOptions options_;
   GptDataset train_;
   std::optional<GptDataset> valid_;
+  RankGrid grid_;
+  std::unique_ptr<Communicator> owned_world_;  // when Create was given none
+  Communicator* world_;
+  std::unique_ptr<Communicator> dp_;  // the data-parallel group
   Model model_;
-  AdamW optimizer_;
+  // Replicated AdamW (plus buckets_ when DP > 1), or the distributed optimizer.
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<GradBuckets> buckets_;
+  std::unique_ptr<DistributedOptimizer> dist_optimizer_;
   LrSchedule schedule_;
   int64_t step_ = 0;
   int consecutive_nonfinite_ = 0;

@@ -126,6 +126,14 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
       {"--eval_iters=0", "--eval_iters must be positive, got 0"},
       {"--log_interval=-1", "--log_interval must be positive, got -1"},
       {"--threads=-1", "--threads must be >= 0, got -1"},
+      // Parallel layout: only data parallelism runs today, nothing is ignored.
+      {"--tensor_model_parallel_size=2",
+       "--tensor_model_parallel_size=2: not implemented yet (issue 5/6)"},
+      {"--expert_model_parallel_size=2",
+       "--expert_model_parallel_size=2: not implemented yet (issue 5/6)"},
+      {"--pipeline_model_parallel_size=0", "--pipeline_model_parallel_size must be positive"},
+      {"--sequence_parallel", "--sequence_parallel: not implemented yet (issue 5/6)"},
+      {"--ddp_bucket_size=-1", "--ddp_bucket_size must be >= 0, got -1"},
       {"--log_jsonl=/proc/moe-train-test/log.jsonl",
        "--log_jsonl=/proc/moe-train-test/log.jsonl: cannot open for appending"},
       // Data.
@@ -170,6 +178,13 @@ TEST_F(TrainFlagsTest, GoodFlagsTrainAndWriteTheStepLog) {
     ASSERT_TRUE(record.ok()) << record.status();
     EXPECT_NE(record->Find("lm_loss"), nullptr);
   }
+}
+
+TEST_F(TrainFlagsTest, PrintGridPrintsTheLayoutAndExits) {
+  const RunResult r = Run(GoodFlags() + " --print_grid --log_jsonl=" + *dir_ + "/grid.jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("TP 1 x CP 1 x DP 1 x PP 1"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("step "), std::string::npos) << "nothing trains:\n" << r.out;
 }
 
 // A recipe's flags all pass validation; command-line flags after the
