@@ -1,10 +1,18 @@
 #include "moe/grouped_experts.h"
 
+#include <omp.h>
+
+#include <algorithm>
+
 #include "core/ops/cpu/gemm.h"
 #include "core/ops/cpu/swiglu.h"
 
 namespace moe {
 namespace {
+
+// Experts run in parallel (each GEMM on one thread) when there are at least
+// this many non-empty experts per thread; otherwise each GEMM gets every thread.
+constexpr int64_t kExpertsPerThread = 2;
 
 // Validates the configuration before the weights are allocated.
 std::string CheckedName(std::string name, int64_t num_experts, int64_t hidden_size,
@@ -31,38 +39,61 @@ Parameter ExpertView(std::string name, const Tensor& value, const Tensor& grad, 
   return p;
 }
 
+// How the experts share the threads. A GEMM of a few hundred rows does not
+// keep several threads busy and pays a fork/join per call; so when there are
+// enough experts, each thread takes whole experts (largest first, dynamically)
+// and runs their GEMMs single-threaded (OpenBLAS's OpenMP build does so inside
+// a parallel region). Each expert writes only its own rows and weight grads,
+// and a GEMM's result does not depend on its thread count, so the choice never
+// changes the numbers.
+struct ExpertSchedule {
+  std::vector<int64_t> order;  // non-empty experts, most rows first
+  bool by_expert = false;
+};
+
+ExpertSchedule ScheduleExperts(const std::vector<int64_t>& offsets) {
+  ExpertSchedule s;
+  const int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (offsets[e + 1] > offsets[e]) s.order.push_back(e);
+  }
+  std::stable_sort(s.order.begin(), s.order.end(), [&](int64_t a, int64_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
+  const int64_t threads = omp_get_max_threads();
+  s.by_expert = threads > 1 && static_cast<int64_t>(s.order.size()) >= kExpertsPerThread * threads;
+  return s;
+}
+
 // Per expert e with n rows at offset o (H hidden, I intermediate):
 //   gate = rows w1_e^T, up = rows w3_e^T    [n, I]
-//   act  = silu(gate) * up                  (one elementwise pass over all R)
+//   act  = silu(gate) * up
 //   out  = act w2_e^T                       [n, H]
-// Each GEMM runs outside any parallel region, so it gets all threads.
 template <typename T>
 void ForwardRowsCpu(const T* rows, const std::vector<int64_t>& offsets,
                     const std::vector<Parameter>& w1, const std::vector<Parameter>& w2,
                     const std::vector<Parameter>& w3, int64_t hidden, int64_t inter, T* gate, T* up,
                     T* act, T* out) {
-  const int64_t experts = static_cast<int64_t>(w1.size());
-  for (int64_t e = 0; e < experts; ++e) {
+  const ExpertSchedule schedule = ScheduleExperts(offsets);
+  const int64_t count = static_cast<int64_t>(schedule.order.size());
+#pragma omp parallel for schedule(dynamic, 1) if (schedule.by_expert)
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t e = schedule.order[i];
     const int64_t o = offsets[e], n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;
     cpu::Gemm<T>(false, true, n, inter, hidden, T(1), rows + o * hidden, hidden,
                  w1[e].value.data<T>(), hidden, T(0), gate + o * inter, inter);
     cpu::Gemm<T>(false, true, n, inter, hidden, T(1), rows + o * hidden, hidden,
                  w3[e].value.data<T>(), hidden, T(0), up + o * inter, inter);
-  }
-  const int64_t num_rows = offsets[experts];
-  cpu::SwigluForward(act, gate, up, num_rows * inter);
-  for (int64_t e = 0; e < experts; ++e) {
-    const int64_t o = offsets[e], n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;
+    cpu::SwigluForward(act + o * inter, gate + o * inter, up + o * inter, n * inter);
     cpu::Gemm<T>(false, true, n, hidden, inter, T(1), act + o * inter, inter, w2[e].value.data<T>(),
                  inter, T(0), out + o * hidden, hidden);
   }
 }
 
-// The reverse of ForwardRowsCpu:
-//   dact = dout w2_e,  dw2_e += dout^T act       (act recomputed first)
-//   dgate, dup = SwiGLU backward                 (one elementwise pass)
+// The reverse of ForwardRowsCpu, per expert:
+//   act = silu(gate) * up                        (recomputed)
+//   dact = dout w2_e,  dw2_e += dout^T act
+//   dgate, dup = SwiGLU backward
 //   dw1_e += dgate^T rows,  dw3_e += dup^T rows
 //   drows = dgate w1_e + dup w3_e
 template <typename T>
@@ -70,34 +101,31 @@ void BackwardRowsCpu(const T* dout, const T* rows, const std::vector<int64_t>& o
                      std::vector<Parameter>& w1, std::vector<Parameter>& w2,
                      std::vector<Parameter>& w3, int64_t hidden, int64_t inter, const T* gate,
                      const T* up, T* scratch_a, T* scratch_b, T* scratch_c, T* drows) {
-  const int64_t experts = static_cast<int64_t>(w1.size());
-  const int64_t num_rows = offsets[experts];
-  T* act = scratch_a;
-  T* dact = scratch_b;
-  cpu::SwigluForward(act, gate, up, num_rows * inter);
-  for (int64_t e = 0; e < experts; ++e) {
+  const ExpertSchedule schedule = ScheduleExperts(offsets);
+  const int64_t count = static_cast<int64_t>(schedule.order.size());
+#pragma omp parallel for schedule(dynamic, 1) if (schedule.by_expert)
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t e = schedule.order[i];
     const int64_t o = offsets[e], n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;
+    T* act = scratch_a + o * inter;
+    T* dact = scratch_b + o * inter;
+    cpu::SwigluForward(act, gate + o * inter, up + o * inter, n * inter);
     cpu::Gemm<T>(false, false, n, inter, hidden, T(1), dout + o * hidden, hidden,
-                 w2[e].value.data<T>(), inter, T(0), dact + o * inter, inter);
-    cpu::Gemm<T>(true, false, hidden, inter, n, T(1), dout + o * hidden, hidden, act + o * inter,
-                 inter, T(1), w2[e].grad.data<T>(), inter);
-  }
-  // act is dead now: its buffer takes dgate.
-  T* dgate = scratch_a;
-  T* dup = scratch_c;
-  cpu::SwigluBackward(dgate, dup, dact, gate, up, num_rows * inter);
-  for (int64_t e = 0; e < experts; ++e) {
-    const int64_t o = offsets[e], n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;
-    cpu::Gemm<T>(true, false, inter, hidden, n, T(1), dgate + o * inter, inter, rows + o * hidden,
-                 hidden, T(1), w1[e].grad.data<T>(), hidden);
-    cpu::Gemm<T>(true, false, inter, hidden, n, T(1), dup + o * inter, inter, rows + o * hidden,
-                 hidden, T(1), w3[e].grad.data<T>(), hidden);
-    cpu::Gemm<T>(false, false, n, hidden, inter, T(1), dgate + o * inter, inter,
-                 w1[e].value.data<T>(), hidden, T(0), drows + o * hidden, hidden);
-    cpu::Gemm<T>(false, false, n, hidden, inter, T(1), dup + o * inter, inter,
-                 w3[e].value.data<T>(), hidden, T(1), drows + o * hidden, hidden);
+                 w2[e].value.data<T>(), inter, T(0), dact, inter);
+    cpu::Gemm<T>(true, false, hidden, inter, n, T(1), dout + o * hidden, hidden, act, inter, T(1),
+                 w2[e].grad.data<T>(), inter);
+    // act is dead now: its buffer takes dgate.
+    T* dgate = act;
+    T* dup = scratch_c + o * inter;
+    cpu::SwigluBackward(dgate, dup, dact, gate + o * inter, up + o * inter, n * inter);
+    cpu::Gemm<T>(true, false, inter, hidden, n, T(1), dgate, inter, rows + o * hidden, hidden, T(1),
+                 w1[e].grad.data<T>(), hidden);
+    cpu::Gemm<T>(true, false, inter, hidden, n, T(1), dup, inter, rows + o * hidden, hidden, T(1),
+                 w3[e].grad.data<T>(), hidden);
+    cpu::Gemm<T>(false, false, n, hidden, inter, T(1), dgate, inter, w1[e].value.data<T>(), hidden,
+                 T(0), drows + o * hidden, hidden);
+    cpu::Gemm<T>(false, false, n, hidden, inter, T(1), dup, inter, w3[e].value.data<T>(), hidden,
+                 T(1), drows + o * hidden, hidden);
   }
 }
 
