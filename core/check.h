@@ -38,10 +38,10 @@ struct Voidify {
 
 }  // namespace moe::internal
 
-#define MOE_CHECK(condition)                 \
-  (condition) ? (void)0                      \
-              : ::moe::internal::Voidify() & \
-                    ::moe::internal::CheckFailure(__FILE__, __LINE__, #condition)
+#define MOE_CHECK(condition) \
+  (condition)                \
+      ? (void)0              \
+      : ::moe::internal::Voidify() & ::moe::internal::CheckFailure(__FILE__, __LINE__, #condition)
 
 #define MOE_CHECK_EQ(a, b) MOE_CHECK((a) == (b)) << "(" << (a) << " vs " << (b) << ") "
 

@@ -16,7 +16,7 @@ enum class DType : uint8_t { kF32, kBF16, kF64, kI32, kI64 };
 enum class Device : uint8_t { kCpu, kCuda };
 
 size_t DTypeSize(DType dtype);
-std::string_view DTypeName(DType dtype);  // "f32", "bf16", ...
+std::string_view DTypeName(DType dtype);     // "f32", "bf16", ...
 std::string_view DeviceName(Device device);  // "cpu", "cuda"
 
 // bfloat16 stored as its 16 bits. Conversion from float rounds to nearest even

@@ -123,6 +123,9 @@ absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view source = 
 // nothing above U+10FFFF): what the parser accepts inside strings.
 bool IsValidUtf8(std::string_view text);
 
+// Appends the UTF-8 encoding of `code_point` (at most U+10FFFF) to `out`.
+void AppendUtf8(uint32_t code_point, std::string* out);
+
 // Reads and parses a whole file; errors name `path`.
 absl::StatusOr<Json> ReadJsonFile(const std::string& path, const JsonParseOptions& options = {});
 

@@ -65,8 +65,7 @@ void ForEachGlobalIndex(const Tensor& shard, const ShardSlice& slice, Fill fill)
   const Shape& local = shard.shape();
   const Shape& global = slice.global_shape;
   MOE_CHECK(local.size() == global.size() && slice.offsets.size() == global.size())
-      << "shard " << shard.Describe() << " does not match global shape "
-      << ShapeToString(global);
+      << "shard " << shard.Describe() << " does not match global shape " << ShapeToString(global);
   for (size_t d = 0; d < local.size(); ++d) {
     MOE_CHECK(slice.offsets[d] >= 0 && slice.offsets[d] + local[d] <= global[d])
         << "shard " << shard.Describe() << " at offset " << slice.offsets[d] << " in dimension "
@@ -91,16 +90,16 @@ void ForEachGlobalIndex(const Tensor& shard, const ShardSlice& slice, Fill fill)
 
 }  // namespace
 
-void InitNormal(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream,
-                double mean, double std) {
+void InitNormal(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream, double mean,
+                double std) {
   const Philox philox(seed, stream);
   ForEachGlobalIndex(*shard, slice, [&](int64_t i, int64_t g) {
     shard->SetFromDouble(i, mean + std * philox.Normal(static_cast<uint64_t>(g)));
   });
 }
 
-void InitUniform(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream,
-                 double low, double high) {
+void InitUniform(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream, double low,
+                 double high) {
   const Philox philox(seed, stream);
   ForEachGlobalIndex(*shard, slice, [&](int64_t i, int64_t g) {
     shard->SetFromDouble(i, low + (high - low) * philox.Uniform(static_cast<uint64_t>(g)));

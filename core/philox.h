@@ -44,11 +44,11 @@ struct ShardSlice {
 
 // Fills `shard` (CPU, floating dtype) with N(mean, std^2): element with global
 // flat index g gets mean + std * Philox(seed, stream).Normal(g).
-void InitNormal(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream,
-                double mean, double std);
+void InitNormal(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream, double mean,
+                double std);
 // Fills `shard` with U[low, high) keyed the same way.
-void InitUniform(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream,
-                 double low, double high);
+void InitUniform(Tensor* shard, const ShardSlice& slice, uint64_t seed, uint64_t stream, double low,
+                 double high);
 
 }  // namespace moe
 

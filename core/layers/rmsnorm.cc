@@ -55,8 +55,7 @@ Tensor RmsNorm::Forward(const Tensor& x, Saved* saved) const {
 
 Tensor RmsNorm::Backward(const Tensor& dy, const Saved& saved) {
   MOE_CHECK(dy.shape() == saved.x.shape() && dy.dtype() == saved.x.dtype())
-      << weight_.name << ": dy " << dy.Describe() << " does not match input "
-      << saved.x.Describe();
+      << weight_.name << ": dy " << dy.Describe() << " does not match input " << saved.x.Describe();
   Tensor dx = Tensor::Empty(dy.shape(), dy.dtype(), dy.device());
   if (dy.device() == Device::kCuda) {
     const int64_t rows = dy.numel() / dim_;

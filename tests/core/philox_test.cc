@@ -11,8 +11,8 @@ namespace {
 // (kat_vectors): counter words (c0, c1, c2, c3), key words (k0, k1).
 TEST(PhiloxTest, MatchesRandom123KnownAnswers) {
   const Philox zero(/*seed=*/0, /*stream=*/0);
-  EXPECT_EQ(zero.Block(0), (std::array<uint32_t, 4>{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu,
-                                                     0x9b00dbd8u}));
+  EXPECT_EQ(zero.Block(0),
+            (std::array<uint32_t, 4>{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u}));
   const Philox ones(/*seed=*/0xffffffffffffffffull, /*stream=*/0xffffffffffffffffull);
   EXPECT_EQ(ones.Block(0xffffffffffffffffull),
             (std::array<uint32_t, 4>{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu}));

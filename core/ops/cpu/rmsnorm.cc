@@ -27,8 +27,8 @@ void RmsNormForward(T* y, T* inv_rms, const T* x, const T* weight, int64_t rows,
 }
 
 template <typename T>
-void RmsNormBackward(T* dx, T* dweight, const T* dy, const T* x, const T* weight,
-                     const T* inv_rms, int64_t rows, int64_t dim) {
+void RmsNormBackward(T* dx, T* dweight, const T* dy, const T* x, const T* weight, const T* inv_rms,
+                     int64_t rows, int64_t dim) {
   // dweight is a reduction over rows: each thread sums into its own buffer,
   // then the buffers are added in thread order (deterministic for a fixed
   // thread count).
@@ -69,7 +69,7 @@ template void RmsNormForward<double>(double*, double*, const double*, const doub
                                      int64_t, double);
 template void RmsNormBackward<float>(float*, float*, const float*, const float*, const float*,
                                      const float*, int64_t, int64_t);
-template void RmsNormBackward<double>(double*, double*, const double*, const double*,
-                                      const double*, const double*, int64_t, int64_t);
+template void RmsNormBackward<double>(double*, double*, const double*, const double*, const double*,
+                                      const double*, int64_t, int64_t);
 
 }  // namespace moe::cpu

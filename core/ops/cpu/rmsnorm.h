@@ -14,8 +14,8 @@ void RmsNormForward(T* y, T* inv_rms, const T* x, const T* weight, int64_t rows,
                     double eps);
 
 template <typename T>
-void RmsNormBackward(T* dx, T* dweight, const T* dy, const T* x, const T* weight,
-                     const T* inv_rms, int64_t rows, int64_t dim);
+void RmsNormBackward(T* dx, T* dweight, const T* dy, const T* x, const T* weight, const T* inv_rms,
+                     int64_t rows, int64_t dim);
 
 }  // namespace moe::cpu
 
