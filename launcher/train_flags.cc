@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -85,6 +86,15 @@ ABSL_FLAG(bool, use_distributed_optimizer, false,
           "Shard AdamW's state and fp32 master weights over the data-parallel ranks (ZeRO-1).");
 ABSL_FLAG(int64_t, ddp_bucket_size, 0,
           "Elements per data-parallel gradient bucket; 0 = max(40M, 1M * DP) (Megatron).");
+// A simulated network (parallel/simulated_network.h) for studying overlap and
+// scaling on one machine; not a Megatron-LM flag.
+ABSL_FLAG(double, sim_latency_us, 0.0,
+          "Simulated network: latency alpha in microseconds added to every collective and "
+          "send/recv of a group of 2+ ranks; 0 = none. Either sim flag > 0 turns the model on.");
+ABSL_FLAG(
+    double, sim_bandwidth_gbps, 0.0,
+    "Simulated network: link bandwidth beta in gigaBITS per second (1e9 bit/s; 10 = "
+    "10 Gbit/s Ethernet = 1.25 GB/s); 0 = unlimited. Either sim flag > 0 turns the model on.");
 ABSL_FLAG(bool, print_grid, false,
           "Print the rank grid (every rank's coordinates and groups) and exit.");
 
@@ -275,6 +285,16 @@ absl::Status ValidateTrainerOptions(const TrainerOptions& o) {
     return Invalid(absl::StrCat("--ddp_bucket_size must be >= 0, got ", o.ddp_bucket_size,
                                 "; e.g. --ddp_bucket_size=40000000, or 0 for Megatron's default"));
   }
+  // The options hold GB/s; the flag (and so its message) is in Gbit/s.
+  for (auto [flag, value, example] :
+       {std::tuple{"sim_latency_us", o.sim_network.latency_us, "=10, or 0 for none"},
+        std::tuple{"sim_bandwidth_gbps", 8 * o.sim_network.bandwidth_gb_per_s,
+                   "=10 (Gbit/s), or 0 for unlimited"}}) {
+    if (!(value >= 0) || !std::isfinite(value)) {
+      return Invalid(absl::StrCat("--", flag, " must be a finite number >= 0, got ", value,
+                                  "; e.g. --", flag, example));
+    }
+  }
   if (o.max_nonfinite_steps < 1) {
     return Invalid(
         absl::StrCat("max_nonfinite_steps must be positive, got ", o.max_nonfinite_steps));
@@ -330,6 +350,8 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
   o.use_distributed_optimizer = absl::GetFlag(FLAGS_use_distributed_optimizer);
   o.ddp_bucket_size = absl::GetFlag(FLAGS_ddp_bucket_size);
+  o.sim_network.latency_us = absl::GetFlag(FLAGS_sim_latency_us);
+  o.sim_network.bandwidth_gb_per_s = absl::GetFlag(FLAGS_sim_bandwidth_gbps) / 8;  // Gbit/s -> GB/s
   if (absl::Status s = ValidateTrainerOptions(o); !s.ok()) return s;
 
   settings.threads = absl::GetFlag(FLAGS_threads);

@@ -141,6 +141,21 @@ absl::Status CheckParallelImplemented(const TrainerOptions& options) {
   return absl::OkStatus();
 }
 
+bool SimulatedNetworkOn(const SimulatedNetworkOptions& options) {
+  return options.latency_us > 0 || options.bandwidth_gb_per_s > 0;
+}
+
+std::string DescribeSimulatedNetwork(const SimulatedNetworkOptions& o) {
+  if (!SimulatedNetworkOn(o)) return "off";
+  return absl::StrFormat(
+      "on: alpha %g us per operation + bytes / beta, beta %s (ring all-reduce 2 (n-1)/n bytes, "
+      "reduce-scatter and all-gather (n-1)/n; parallel/simulated_network.h)",
+      o.latency_us,
+      o.bandwidth_gb_per_s > 0
+          ? absl::StrFormat("%g Gbit/s = %g GB/s", 8 * o.bandwidth_gb_per_s, o.bandwidth_gb_per_s)
+          : std::string("unlimited"));
+}
+
 int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size) {
   if (options.ddp_bucket_size > 0) return options.ddp_bucket_size;
   return std::max<int64_t>(40'000'000, int64_t{1'000'000} * dp_size);
@@ -201,6 +216,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& o
   std::unique_ptr<Communicator> owned_world;
   if (world == nullptr) {
     owned_world = std::make_unique<LocalCommunicator>();
+    world = owned_world.get();
+  }
+  if (SimulatedNetworkOn(options.sim_network)) {
+    // The caller keeps `world` alive (an empty-owner alias: not deleted
+    // here); a LocalCommunicator made above moves into the wrapper.
+    std::shared_ptr<Communicator> inner =
+        owned_world != nullptr
+            ? std::shared_ptr<Communicator>(std::move(owned_world))
+            : std::shared_ptr<Communicator>(std::shared_ptr<Communicator>(), world);
+    owned_world = std::make_unique<SimulatedNetwork>(std::move(inner), options.sim_network);
     world = owned_world.get();
   }
   absl::StatusOr<RankGrid> grid = BuildRankGrid(options, world->size());
@@ -369,6 +394,9 @@ std::string Trainer::Summary() const {
                         o.global_batch_size / o.micro_batch_size / dp_->size(),
                         o.use_distributed_optimizer ? "distributed (ZeRO-1)" : "replicated",
                         ResolvedBucketElements(o, dp_->size()));
+  if (SimulatedNetworkOn(o.sim_network)) {
+    absl::StrAppendFormat(&s, "network   simulated %s\n", DescribeSimulatedNetwork(o.sim_network));
+  }
   absl::StrAppend(&s, MemoryReport(o, model_.NumParameters(), dp_->size()));
   const int64_t steps_of_data = train_.num_samples() / o.global_batch_size;
   absl::StrAppendFormat(&s, "data      %s: %d samples (%d steps per pass)\n", o.data_path,

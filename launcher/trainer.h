@@ -58,6 +58,7 @@
 #include "parallel/distributed_optimizer.h"
 #include "parallel/grad_buckets.h"
 #include "parallel/rank_grid.h"
+#include "parallel/simulated_network.h"
 
 namespace moe {
 
@@ -85,7 +86,16 @@ struct TrainerOptions {
   bool sequence_parallel = false;
   bool use_distributed_optimizer = false;
   int64_t ddp_bucket_size = 0;  // elements per gradient bucket; 0 = max(4e7, 1e6 * DP) (Megatron)
+  // --sim_latency_us and --sim_bandwidth_gbps (converted from Gbit/s to the
+  // struct's GB/s). When either is > 0, Create wraps the world communicator,
+  // and so every group split from it, in a SimulatedNetwork: timing changes,
+  // results do not.
+  SimulatedNetworkOptions sim_network;
 };
+
+// Whether `options` asks for a simulated network, and its model in words.
+bool SimulatedNetworkOn(const SimulatedNetworkOptions& options);
+std::string DescribeSimulatedNetwork(const SimulatedNetworkOptions& options);
 
 // The rank grid of a run on `world_size` ranks, validated against the model
 // and the batch (RankGrid::Create; its message names the flags).
@@ -115,6 +125,7 @@ class Trainer {
   // the run and must outlive the trainer; the rank grid is built on it and
   // validated (options.parallel, the batch against DP). Every rank then
   // checks that its initial weights equal rank 0's (a checksum all-reduce).
+  // With options.sim_network on, `world` is wrapped (not owned) first.
   // Create is collective: every rank of `world` calls it.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerOptions& options,
                                                          Communicator* world = nullptr);
@@ -173,7 +184,8 @@ class Trainer {
   GptDataset train_;
   std::optional<GptDataset> valid_;
   RankGrid grid_;
-  std::unique_ptr<Communicator> owned_world_;  // when Create was given none
+  // When Create was given none, or the SimulatedNetwork wrapping `world`.
+  std::unique_ptr<Communicator> owned_world_;
   Communicator* world_;
   std::unique_ptr<Communicator> dp_;  // the data-parallel group
   Model model_;

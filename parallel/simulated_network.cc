@@ -32,14 +32,15 @@ SimulatedNetwork::SimulatedNetwork(std::shared_ptr<Communicator> inner,
   MOE_CHECK(inner_ != nullptr) << "SimulatedNetwork: no communicator to wrap";
   MOE_CHECK(options.latency_us >= 0)
       << "SimulatedNetwork: latency " << options.latency_us << " us must be >= 0";
-  MOE_CHECK(options.bandwidth_gbps >= 0) << "SimulatedNetwork: bandwidth " << options.bandwidth_gbps
-                                         << " GB/s must be >= 0 (0 means unlimited)";
+  MOE_CHECK(options.bandwidth_gb_per_s >= 0)
+      << "SimulatedNetwork: bandwidth " << options.bandwidth_gb_per_s
+      << " GB/s must be >= 0 (0 means unlimited)";
 }
 
 double SimulatedNetwork::ModelSeconds(double link_bytes) const {
   if (size() == 1) return 0;
   double seconds = options_.latency_us * 1e-6;
-  if (options_.bandwidth_gbps > 0) seconds += link_bytes / (options_.bandwidth_gbps * 1e9);
+  if (options_.bandwidth_gb_per_s > 0) seconds += link_bytes / (options_.bandwidth_gb_per_s * 1e9);
   return seconds;
 }
 

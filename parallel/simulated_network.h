@@ -35,11 +35,12 @@
 
 namespace moe {
 
-// The trainer's --sim_latency_us and --sim_bandwidth_gbps.
+// The trainer's --sim_latency_us and --sim_bandwidth_gbps (Gbit/s, divided by 8 into
+// bandwidth_gb_per_s).
 struct SimulatedNetworkOptions {
   double latency_us = 0;  // alpha, per operation
   // beta in GB/s (1e9 bytes per second); 0 means unlimited.
-  double bandwidth_gbps = 0;
+  double bandwidth_gb_per_s = 0;
 };
 
 class SimulatedNetwork final : public Communicator {

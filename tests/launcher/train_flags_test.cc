@@ -134,6 +134,12 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
       {"--pipeline_model_parallel_size=0", "--pipeline_model_parallel_size must be positive"},
       {"--sequence_parallel", "--sequence_parallel: not implemented yet (issue 5/6)"},
       {"--ddp_bucket_size=-1", "--ddp_bucket_size must be >= 0, got -1"},
+      {"--sim_latency_us=-5",
+       "--sim_latency_us must be a finite number >= 0, got -5; e.g. --sim_latency_us=10"},
+      {"--sim_bandwidth_gbps=-10",
+       "--sim_bandwidth_gbps must be a finite number >= 0, got -10; e.g. "
+       "--sim_bandwidth_gbps=10 (Gbit/s)"},
+      {"--sim_latency_us=inf", "--sim_latency_us must be a finite number >= 0, got inf"},
       {"--log_jsonl=/proc/moe-train-test/log.jsonl",
        "--log_jsonl=/proc/moe-train-test/log.jsonl: cannot open for appending"},
       // Data.
@@ -178,6 +184,26 @@ TEST_F(TrainFlagsTest, GoodFlagsTrainAndWriteTheStepLog) {
     ASSERT_TRUE(record.ok()) << record.status();
     EXPECT_NE(record->Find("lm_loss"), nullptr);
   }
+}
+
+// Either sim flag turns the simulated network on; rank 0 says so with the
+// model, the bandwidth in the flag's Gbit/s and the options' GB/s. On one
+// rank there is no network, so the run is the plain one.
+TEST_F(TrainFlagsTest, SimulatedNetworkIsAnnounced) {
+  const RunResult on = Run(GoodFlags() + " --sim_latency_us=10 --sim_bandwidth_gbps=10");
+  ASSERT_EQ(on.exit_code, 0) << on.err;
+  EXPECT_NE(on.out.find("network   simulated on: alpha 10 us per operation + bytes / beta, beta "
+                        "10 Gbit/s = 1.25 GB/s"),
+            std::string::npos)
+      << on.out;
+  const RunResult latency_only = Run(GoodFlags() + " --sim_latency_us=3");
+  ASSERT_EQ(latency_only.exit_code, 0) << latency_only.err;
+  EXPECT_NE(latency_only.out.find("alpha 3 us per operation + bytes / beta, beta unlimited"),
+            std::string::npos)
+      << latency_only.out;
+  const RunResult off = Run(GoodFlags());
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_EQ(off.out.find("network   simulated"), std::string::npos) << off.out;
 }
 
 TEST_F(TrainFlagsTest, PrintGridPrintsTheLayoutAndExits) {

@@ -39,6 +39,8 @@ const Layout kLayouts[] = {
     {"dp1_distopt", 1, "--use_distributed_optimizer"},
     {"dp2", 2, ""},
     {"dp2_distopt", 2, "--use_distributed_optimizer"},
+    // A simulated 10 us / 10 Gbit/s network delays completion, never changes a value.
+    {"dp2_simnet", 2, "--sim_latency_us=10 --sim_bandwidth_gbps=10"},
     {"dp4", 4, ""},
     {"dp4_distopt", 4, "--use_distributed_optimizer"},
     {"dp8", 8, ""},

@@ -60,7 +60,7 @@ TEST(LocalCommunicatorDeathTest, BadArgumentsNameTheOperation) {
 
 TEST(SimulatedNetworkTest, OverOneRankPassesTheSuiteWithoutDelay) {
   SimulatedNetwork sim(std::make_shared<LocalCommunicator>(),
-                       {.latency_us = 1e6, .bandwidth_gbps = 1e-6});
+                       {.latency_us = 1e6, .bandwidth_gb_per_s = 1e-6});
   EXPECT_EQ(sim.name(), "sim(local)");
   // A group of one has no network (a delay of 1 s per operation would run
   // the suite into the test's timeout).
@@ -71,7 +71,7 @@ TEST(SimulatedNetworkTest, OverOneRankPassesTheSuiteWithoutDelay) {
 TEST(SimulatedNetworkDeathTest, RejectsNegativeOptions) {
   EXPECT_DEATH(SimulatedNetwork(std::make_shared<LocalCommunicator>(), {.latency_us = -1}),
                "SimulatedNetwork: latency -1 us must be >= 0");
-  EXPECT_DEATH(SimulatedNetwork(std::make_shared<LocalCommunicator>(), {.bandwidth_gbps = -2}),
+  EXPECT_DEATH(SimulatedNetwork(std::make_shared<LocalCommunicator>(), {.bandwidth_gb_per_s = -2}),
                "SimulatedNetwork: bandwidth -2 GB/s must be >= 0");
 }
 

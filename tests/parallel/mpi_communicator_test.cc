@@ -56,7 +56,8 @@ TEST(MpiCommunicatorTest, CallerPollsModePassesTheSuite) {
 }
 
 TEST(SimulatedNetworkTest, OverMpiPassesTheSuite) {
-  SimulatedNetwork sim(World().Split(0, World().rank()), {.latency_us = 5, .bandwidth_gbps = 20});
+  SimulatedNetwork sim(World().Split(0, World().rank()),
+                       {.latency_us = 5, .bandwidth_gb_per_s = 20});
   EXPECT_EQ(sim.name(), "sim(mpi)");
   testing::CheckAll(sim);
 }
@@ -69,7 +70,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 // less.
 TEST(SimulatedNetworkTest, CompletesNoEarlierThanItsModel) {
   SimulatedNetwork sim(World().Split(0, World().rank()),
-                       {.latency_us = 20000, .bandwidth_gbps = 0.1});
+                       {.latency_us = 20000, .bandwidth_gb_per_s = 0.1});
   const int n = sim.size();
   const int64_t numel = 250000;  // 1 MB of f32
   const double model = sim.ModelSeconds(sim.AllReduceLinkBytes(numel * 4));
