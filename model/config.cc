@@ -39,6 +39,22 @@ absl::Status ReadDouble(const Json& json, const char* key, double* out) {
 
 }  // namespace
 
+absl::StatusOr<RouterOptions> RouterOptionsOf(const ModelConfig& c) {
+  absl::StatusOr<ScoreFunction> score = ParseScoreFunction(c.moe_router_score_function);
+  if (!score.ok()) return score.status();
+  RouterOptions r;
+  r.num_experts = c.num_local_experts;
+  r.top_k = c.num_experts_per_tok;
+  r.score_function = *score;
+  r.pre_softmax = c.moe_router_pre_softmax;
+  r.topp = c.moe_router_topp;
+  r.topp_max_experts = c.moe_router_topp_max_experts;
+  r.num_groups = c.moe_router_num_groups;
+  r.group_topk = c.moe_router_group_topk;
+  r.enable_expert_bias = c.moe_router_enable_expert_bias;
+  return r;
+}
+
 absl::Status ModelConfig::Validate() const {
   for (const auto& [field, value] : {std::pair<const char*, int64_t>{"vocab_size", vocab_size},
                                      {"hidden_size", hidden_size},
@@ -83,6 +99,37 @@ absl::Status ModelConfig::Validate() const {
   if (!(router_aux_loss_coef >= 0)) {
     return Invalid("router_aux_loss_coef",
                    absl::StrCat("must be >= 0, got ", router_aux_loss_coef));
+  }
+  if (!(moe_expert_capacity_factor >= 0)) {
+    return Invalid(
+        "moe_expert_capacity_factor",
+        absl::StrCat("must be > 0, or 0 for dropless routing, got ", moe_expert_capacity_factor));
+  }
+  if (moe_token_drop_policy != "probs" && moe_token_drop_policy != "position") {
+    return Invalid("moe_token_drop_policy",
+                   absl::StrCat("must be probs or position, got '", moe_token_drop_policy, "'"));
+  }
+  if (moe_pad_expert_input_to_capacity && moe_expert_capacity_factor <= 0) {
+    return Invalid("moe_pad_expert_input_to_capacity",
+                   "needs a capacity: set moe_expert_capacity_factor > 0");
+  }
+  if (moe_router_load_balancing_type != "hf_aux_loss" &&
+      moe_router_load_balancing_type != "aux_loss" &&
+      moe_router_load_balancing_type != "seq_aux_loss" &&
+      moe_router_load_balancing_type != "global_aux_loss" &&
+      moe_router_load_balancing_type != "none") {
+    return Invalid("moe_router_load_balancing_type",
+                   absl::StrCat("must be hf_aux_loss, aux_loss, seq_aux_loss, global_aux_loss or "
+                                "none, got '",
+                                moe_router_load_balancing_type, "'"));
+  }
+  if (!(moe_router_topp_entropy_coeff >= 0) || !(moe_router_bias_update_rate >= 0)) {
+    return Invalid("moe_router_topp_entropy_coeff", "and moe_router_bias_update_rate must be >= 0");
+  }
+  {
+    absl::StatusOr<RouterOptions> router = RouterOptionsOf(*this);
+    if (!router.ok()) return router.status();
+    if (absl::Status s = ValidateRouterOptions(*router); !s.ok()) return s;
   }
   if (!(router_z_loss_coef >= 0)) {
     return Invalid("router_z_loss_coef", absl::StrCat("must be >= 0, got ", router_z_loss_coef));

@@ -4,10 +4,12 @@
 #define MOE_MODEL_CONFIG_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/json.h"
+#include "moe/router_options.h"
 
 namespace moe {
 
@@ -28,6 +30,27 @@ struct ModelConfig {
   // Not in MixtralConfig (ST-MoE z-loss; Megatron's --moe_z_loss_coeff).
   double router_z_loss_coef = 0.0;
   double initializer_range = 0.02;
+  // Not in MixtralConfig: Megatron-Core's expert capacity (moe/capacity.h).
+  // 0 = dropless; the policy is "probs" or "position".
+  double moe_expert_capacity_factor = 0.0;
+  std::string moe_token_drop_policy = "probs";
+  bool moe_pad_expert_input_to_capacity = false;
+  // Not in MixtralConfig: the router family (moe/router_options.h) and the
+  // balancing loss, with Megatron-Core's flag names. The defaults are
+  // Mixtral's router and Hugging Face's aux loss.
+  std::string moe_router_score_function = "softmax";  // or "sigmoid"
+  bool moe_router_pre_softmax = false;
+  double moe_router_topp = 0.0;  // 0 = top-k routing
+  int64_t moe_router_topp_max_experts = 0;
+  double moe_router_topp_entropy_coeff = 0.0;
+  int64_t moe_router_num_groups = 0;
+  int64_t moe_router_group_topk = 0;
+  bool moe_router_enable_expert_bias = false;
+  double moe_router_bias_update_rate = 1e-3;
+  // hf_aux_loss (Hugging Face's, pooled over layers: the default, for
+  // parity), aux_loss / seq_aux_loss / global_aux_loss (Megatron-Core's, per
+  // layer), or none.
+  std::string moe_router_load_balancing_type = "hf_aux_loss";
   bool tie_word_embeddings = false;
 
   int64_t resolved_head_dim() const {
@@ -47,6 +70,10 @@ struct ModelConfig {
   // A config.json that MixtralForCausalLM.from_pretrained accepts.
   Json ToHfJson() const;
 };
+
+// The router options of `config` (its moe_router_* fields); fails on an
+// unknown score function name.
+absl::StatusOr<RouterOptions> RouterOptionsOf(const ModelConfig& config);
 
 }  // namespace moe
 

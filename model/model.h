@@ -31,6 +31,8 @@
 #include "core/layers/rmsnorm.h"
 #include "core/layers/rope.h"
 #include "model/config.h"
+#include "model/model_parallel.h"
+#include "model/router_loss.h"
 #include "model/transformer_block.h"
 
 namespace moe {
@@ -46,10 +48,20 @@ struct LossScales {
 };
 
 struct Losses {
-  double lm_loss_sum = 0;  // sum of per-token cross-entropy over non-ignored labels
-  int64_t tokens = 0;      // non-ignored labels
-  double aux_loss = 0;     // load_balancing_loss_func over all layers (pooled), NOT times coef
-  double z_loss = 0;       // sum over layers of mean_t logsumexp(router logits)^2, NOT times coef
+  double lm_loss_sum = 0;   // sum of per-token cross-entropy over non-ignored labels
+  int64_t tokens = 0;       // non-ignored labels
+  double aux_loss = 0;      // load_balancing_loss_func over all layers (pooled), NOT times coef
+  double z_loss = 0;        // sum over layers of mean_t logsumexp(router logits)^2, NOT times coef
+  double entropy_loss = 0;  // top-p: sum over layers of the mean router entropy, NOT times coef
+  // Per layer, per global expert: this rank's (token, choice) pairs routed to
+  // it after dropping, and those dropped at capacity.
+  std::vector<std::vector<double>> expert_tokens;
+  std::vector<std::vector<double>> expert_dropped;
+  // Per layer, per expert: the picks the router routed (before dropping;
+  // RouterStats::routed_counts), for the expert bias.
+  std::vector<std::vector<double>> expert_routed;
+  // Per layer: the router's mean score entropy over this rank's tokens.
+  std::vector<double> router_entropy;
 };
 
 // The Philox stream of a parameter: FNV-1a (64-bit) of its Hugging Face
@@ -62,7 +74,10 @@ class Model {
   // Aborts (MOE_CHECK) if config.Validate() fails: callers validate first and
   // report the Status. Weights are left uninitialised (norms at one): call
   // InitializeWeights or load a checkpoint. CPU kF32 or kF64 for now.
-  Model(const ModelConfig& config, DType dtype = DType::kF32, Device device = Device::kCpu);
+  // `parallel`: this rank's place in the layout (its communicators must
+  // outlive the model); the default is one rank holding everything.
+  Model(const ModelConfig& config, DType dtype = DType::kF32, Device device = Device::kCpu,
+        const ModelParallel& parallel = {});
   // Parameters() hands out pointers into the model: it stays where it is.
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -79,9 +94,15 @@ class Model {
 
   // Every parameter, named with its Hugging Face on-disk name, in the order
   // of the header comment.
+  // Under expert parallelism only this rank's experts are listed.
   std::vector<Parameter*> Parameters();
+  // The routed experts' weights (replicated over expert-data-parallel ranks)
+  // and everything else (replicated over data-parallel ranks): their
+  // gradients are reduced over different groups.
+  std::vector<Parameter*> ExpertParameters();
+  std::vector<Parameter*> NonExpertParameters();
   Parameter* FindParameter(std::string_view hf_name);  // nullptr if absent
-  int64_t NumParameters() const;                       // total elements
+  int64_t NumParameters() const;  // total elements of the whole model (all ranks' experts)
   // Per token: every expert's weights counted top_k / num_experts times (for
   // FLOP counts); everything else, embedding included, once.
   int64_t NumActiveParameters() const;
@@ -94,6 +115,13 @@ class Model {
   Losses ForwardBackward(const Tensor& input_ids, const Tensor& labels, const LossScales& scales);
   // The same losses, forward only.
   Losses Evaluate(const Tensor& input_ids, const Tensor& labels);
+  // Before the first micro-batch of each global batch (the global-batch aux
+  // loss keeps a running mean over micro-batches).
+  void StartGlobalBatch() { router_loss_.StartGlobalBatch(); }
+  // Aux-loss-free balancing (--moe_router_enable_expert_bias): each layer's
+  // router bias moves by `rate` towards balance, from per-layer routed
+  // counts summed over the whole global batch and all data-parallel ranks.
+  void UpdateExpertBias(const std::vector<std::vector<double>>& routed_counts, double rate);
   // Forward only: fp32 [batch, seq, vocab].
   Tensor Logits(const Tensor& input_ids);
   // Forward only: each layer's router logits [batch * seq, num_experts] in
@@ -111,15 +139,19 @@ class Model {
   // Per-layer router outputs of one forward.
   struct Routing {
     std::vector<RouterStats> stats;
+    std::vector<SequenceStats> seq_stats;
     std::vector<Tensor> logits_TE;
+    std::vector<std::vector<double>> tokens_E, dropped_E;
   };
 
   // embed_tokens, layers, norm -> hidden [batch, seq, hidden]. With saved ==
   // nullptr nothing is kept for backward (each layer's activations are freed
   // as soon as the next layer has run).
   Tensor ForwardHidden(const Tensor& input_ids, Saved* saved, Routing* routing);
-  // The LM loss of `hidden` plus the router losses of `routing`.
-  Losses ForwardLoss(const Tensor& input_ids, const Tensor& labels, Saved* saved, Routing* routing);
+  // The LM loss of `hidden` plus the router losses of `routing` (their
+  // gradients in *router_losses; training: see RouterLoss::Compute).
+  Losses ForwardLoss(const Tensor& input_ids, const Tensor& labels, Saved* saved, Routing* routing,
+                     const RouterLossScales& scales, RouterLossResult* router_losses);
   void CheckIds(const char* what, const Tensor& ids) const;
 
   ModelConfig config_;
@@ -131,6 +163,7 @@ class Model {
   RmsNorm norm_;
   Linear lm_head_;
   CrossEntropy lm_loss_;  // the LM head fused with the loss; reads lm_head_'s weight
+  RouterLoss router_loss_;
   int64_t num_parameters_ = 0;
   int64_t num_active_parameters_ = 0;
 };

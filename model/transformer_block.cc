@@ -8,24 +8,35 @@
 namespace moe {
 namespace {
 
-MoeOptions MoeOptionsOf(const ModelConfig& config) {
-  return {.hidden_size = config.hidden_size,
-          .intermediate_size = config.intermediate_size,
-          .num_experts = config.num_local_experts,
-          .top_k = config.num_experts_per_tok};
+MoeOptions MoeOptionsOf(const ModelConfig& config, const ModelParallel& parallel) {
+  MoeOptions options;
+  options.hidden_size = config.hidden_size;
+  options.intermediate_size = config.intermediate_size;
+  options.num_experts = config.num_local_experts;
+  options.top_k = config.num_experts_per_tok;
+  options.capacity_factor = config.moe_expert_capacity_factor;
+  options.drop_policy =
+      config.moe_token_drop_policy == "position" ? DropPolicy::kPosition : DropPolicy::kProbs;
+  options.pad_to_capacity = config.moe_pad_expert_input_to_capacity;
+  options.dispatcher = parallel.dispatcher;
+  // The model validated its config, so this cannot fail.
+  options.router = *RouterOptionsOf(config);
+  return options;
 }
 
 }  // namespace
 
 TransformerBlock::TransformerBlock(int64_t layer_index, const ModelConfig& config,
-                                   std::shared_ptr<const Rope> rope, DType dtype, Device device)
+                                   std::shared_ptr<const Rope> rope, DType dtype, Device device,
+                                   const ModelParallel& parallel)
     : name_(absl::StrCat("model.layers.", layer_index)),
       input_layernorm_(name_ + ".input_layernorm", config.hidden_size, config.rms_norm_eps, dtype,
                        device),
       self_attn_(name_ + ".self_attn", config, std::move(rope), dtype, device),
       post_attention_layernorm_(name_ + ".post_attention_layernorm", config.hidden_size,
                                 config.rms_norm_eps, dtype, device),
-      block_sparse_moe_(name_ + ".block_sparse_moe", MoeOptionsOf(config), dtype, device) {}
+      block_sparse_moe_(name_ + ".block_sparse_moe", MoeOptionsOf(config, parallel), dtype, device,
+                        parallel.ep) {}
 
 TransformerBlock::Output TransformerBlock::Forward(const Tensor& x, Saved* saved) const {
   // h = x + Attn(input_layernorm(x))
@@ -39,14 +50,24 @@ TransformerBlock::Output TransformerBlock::Forward(const Tensor& x, Saved* saved
   out.y = ResidualAdd(name_.c_str(), h, moe_out.y);
   out.logits_TE = std::move(moe_out.logits_TE);
   out.stats = std::move(moe_out.stats);
+  out.seq_stats = std::move(moe_out.seq_stats);
+  out.tokens_E = std::move(moe_out.tokens_E);
+  out.dropped_E = std::move(moe_out.dropped_E);
   return out;
 }
 
 Tensor TransformerBlock::Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E,
                                   double z_scale, const Saved& saved) {
+  RouterLossGrads losses;
+  losses.daux_dprob_E = daux_dprob_E;
+  losses.z_scale = z_scale;
+  return Backward(dy, losses, saved);
+}
+
+Tensor TransformerBlock::Backward(const Tensor& dy, const RouterLossGrads& losses,
+                                  const Saved& saved) {
   // out = h + MoE(post_attention_layernorm(h)): dh = dy + (the MoE branch's dh).
-  const Tensor dmoe_in =
-      block_sparse_moe_.Backward(dy, daux_dprob_E, z_scale, saved.block_sparse_moe);
+  const Tensor dmoe_in = block_sparse_moe_.Backward(dy, losses, saved.block_sparse_moe);
   Tensor dh = post_attention_layernorm_.Backward(dmoe_in, saved.post_attention_layernorm);
   ResidualAccumulate(name_.c_str(), &dh, dy);
   // h = x + Attn(input_layernorm(x)): dx = dh + (the attention branch's dx).

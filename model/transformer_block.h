@@ -21,6 +21,7 @@
 #include "core/layers/rope.h"
 #include "model/attention_block.h"
 #include "model/config.h"
+#include "model/model_parallel.h"
 #include "moe/moe_layer.h"
 
 namespace moe {
@@ -37,12 +38,16 @@ class TransformerBlock {
     Tensor y;          // [batch, seq, hidden]
     Tensor logits_TE;  // router logits [batch * seq, experts]
     RouterStats stats;
+    SequenceStats seq_stats;
+    std::vector<double> tokens_E;   // MoeLayer::Output::tokens_E
+    std::vector<double> dropped_E;  // MoeLayer::Output::dropped_E
   };
 
   // Layer `layer_index` of `config` (which the caller has validated). Norm
   // weights start at one; the other weights are left uninitialised.
   TransformerBlock(int64_t layer_index, const ModelConfig& config, std::shared_ptr<const Rope> rope,
-                   DType dtype = DType::kF32, Device device = Device::kCpu);
+                   DType dtype = DType::kF32, Device device = Device::kCpu,
+                   const ModelParallel& parallel = {});
 
   // x: [batch, seq, hidden] -> Output.
   Output Forward(const Tensor& x, Saved* saved) const;
@@ -50,6 +55,8 @@ class TransformerBlock {
   // Router::Backward; empty / 0 for none). Returns dx (=); grads += .
   Tensor Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E, double z_scale,
                   const Saved& saved);
+  // The same with every router loss gradient (moe/router_losses.h).
+  Tensor Backward(const Tensor& dy, const RouterLossGrads& losses, const Saved& saved);
 
   // In forward order: input_layernorm, self_attn (q, k, v, o),
   // post_attention_layernorm, block_sparse_moe (gate, then w1, w2, w3 per expert).

@@ -132,10 +132,12 @@ void BackwardRowsCpu(const T* dout, const T* rows, const std::vector<int64_t>& o
 }  // namespace
 
 GroupedExperts::GroupedExperts(std::string name, int64_t num_experts, int64_t hidden_size,
-                               int64_t intermediate_size, DType dtype, Device device)
+                               int64_t intermediate_size, DType dtype, Device device,
+                               int64_t first_expert)
     : name_(
           CheckedName(std::move(name), num_experts, hidden_size, intermediate_size, dtype, device)),
       num_experts_(num_experts),
+      first_expert_(first_expert),
       hidden_size_(hidden_size),
       intermediate_size_(intermediate_size) {
   const int64_t e = num_experts, h = hidden_size, i = intermediate_size;
@@ -146,7 +148,7 @@ GroupedExperts::GroupedExperts(std::string name, int64_t num_experts, int64_t hi
   dw3_EIH_ = Tensor::Zeros({e, i, h}, dtype);
   dw2_EHI_ = Tensor::Zeros({e, h, i}, dtype);
   for (int64_t x = 0; x < e; ++x) {
-    const std::string prefix = name_ + "." + std::to_string(x);
+    const std::string prefix = name_ + "." + std::to_string(first_expert + x);
     w1_.push_back(ExpertView(prefix + ".w1.weight", w1_EIH_, dw1_EIH_, x, i, h));
     w2_.push_back(ExpertView(prefix + ".w2.weight", w2_EHI_, dw2_EHI_, x, h, i));
     w3_.push_back(ExpertView(prefix + ".w3.weight", w3_EIH_, dw3_EIH_, x, i, h));

@@ -53,10 +53,12 @@ class GroupedExperts {
   };
 
   // Values are left uninitialised (the model fills them); grads start at zero.
-  // CPU kF32 or kF64.
+  // CPU kF32 or kF64. Under expert parallelism a rank holds the experts
+  // [first_expert, first_expert + num_experts) of the layer: local expert e
+  // is named (and initialised) as global expert first_expert + e.
   GroupedExperts(std::string name, int64_t num_experts, int64_t hidden_size,
-                 int64_t intermediate_size, DType dtype = DType::kF32,
-                 Device device = Device::kCpu);
+                 int64_t intermediate_size, DType dtype = DType::kF32, Device device = Device::kCpu,
+                 int64_t first_expert = 0);
 
   // x_TH [T, H], ids_TK kI32 [T, K], weights_TK [T, K] -> y_TH [T, H].
   Tensor Forward(const Tensor& x_TH, const Tensor& ids_TK, const Tensor& weights_TK,
@@ -81,7 +83,12 @@ class GroupedExperts {
   const Tensor& w1_EIH() const { return w1_EIH_; }
   const Tensor& w3_EIH() const { return w3_EIH_; }
   const Tensor& w2_EHI() const { return w2_EHI_; }
-  int64_t num_experts() const { return num_experts_; }
+  // Their gradients, the same layout.
+  const Tensor& w1_grad_EIH() const { return dw1_EIH_; }
+  const Tensor& w3_grad_EIH() const { return dw3_EIH_; }
+  const Tensor& w2_grad_EHI() const { return dw2_EHI_; }
+  int64_t num_experts() const { return num_experts_; }  // held by this rank
+  int64_t first_expert() const { return first_expert_; }
   int64_t hidden_size() const { return hidden_size_; }
   int64_t intermediate_size() const { return intermediate_size_; }
   const std::string& name() const { return name_; }
@@ -93,6 +100,7 @@ class GroupedExperts {
 
   std::string name_;
   int64_t num_experts_;
+  int64_t first_expert_;
   int64_t hidden_size_;
   int64_t intermediate_size_;
   Tensor w1_EIH_, w3_EIH_, w2_EHI_;      // values

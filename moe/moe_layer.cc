@@ -1,14 +1,40 @@
 #include "moe/moe_layer.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace moe {
 namespace {
 
+RouterOptions RouterOptionsOf(const MoeOptions& options) {
+  RouterOptions router = options.router;
+  router.num_experts = options.num_experts;
+  router.top_k = options.top_k;
+  return router;
+}
+
 const MoeOptions& CheckedOptions(const std::string& name, const MoeOptions& options) {
   const absl::Status status = ValidateMoeOptions(options);
   MOE_CHECK(status.ok()) << name << ": " << status.message();
   return options;
+}
+
+template <typename T>
+void AddInto(const T* a, T* b, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) b[i] += a[i];
+}
+
+// b += a, elementwise (same shape and dtype).
+void AddInto(const Tensor& a, Tensor* b) {
+  MOE_CHECK(a.numel() == b->numel() && a.dtype() == b->dtype())
+      << "MoeLayer: cannot add " << a.Describe() << " into " << b->Describe();
+  if (a.dtype() == DType::kF64) {
+    AddInto(a.data<double>(), b->data<double>(), a.numel());
+  } else {
+    AddInto(a.data<float>(), b->data<float>(), a.numel());
+  }
 }
 
 }  // namespace
@@ -30,41 +56,99 @@ absl::Status ValidateMoeOptions(const MoeOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "top_k must be in [1, num_experts = ", options.num_experts, "], got ", options.top_k));
   }
+  if (absl::Status s = ValidateRouterOptions(RouterOptionsOf(options)); !s.ok()) return s;
+  if (options.capacity_factor < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe_expert_capacity_factor must be > 0 (or unset for dropless), got ",
+                     options.capacity_factor));
+  }
+  if (options.pad_to_capacity && options.capacity_factor <= 0) {
+    return absl::InvalidArgumentError(
+        "moe_pad_expert_input_to_capacity needs a capacity: set --moe_expert_capacity_factor");
+  }
+  if (options.pad_to_capacity && options.dispatcher != DispatcherType::kAllToAll) {
+    return absl::InvalidArgumentError(
+        "moe_pad_expert_input_to_capacity works with --moe_token_dispatcher_type=alltoall only");
+  }
   return absl::OkStatus();
 }
 
-MoeLayer::MoeLayer(std::string name, const MoeOptions& options, DType dtype, Device device)
+MoeLayer::MoeLayer(std::string name, const MoeOptions& options, DType dtype, Device device,
+                   Communicator* ep)
     : name_(name),
       options_(CheckedOptions(name, options)),
-      router_(name + ".gate", options.hidden_size, options.num_experts, options.top_k, dtype,
-              device),
-      experts_(name + ".experts", options.num_experts, options.hidden_size,
-               options.intermediate_size, dtype, device) {}
+      router_(name + ".gate", options.hidden_size, RouterOptionsOf(options), dtype, device),
+      dispatcher_(MakeTokenDispatcher(options.dispatcher, options.num_experts, ep)),
+      experts_(name + ".experts", dispatcher_->num_local_experts(), options.hidden_size,
+               options.intermediate_size, dtype, device, dispatcher_->first_local_expert()) {}
 
 MoeLayer::Output MoeLayer::Forward(const Tensor& x, Saved* saved) const {
   const int64_t hidden = options_.hidden_size;
   MOE_CHECK(x.ndim() >= 1 && x.dim(-1) == hidden)
       << name_ << ": input must be [..., " << hidden << "], got " << x.Describe();
   const Tensor x_TH = x.Reshape({x.numel() / hidden, hidden});
-  Routing routing = router_.Forward(x_TH, &saved->router);
+  Routing routing =
+      router_.Forward(x_TH, &saved->router, /*seq_length=*/x.ndim() == 3 ? x.dim(1) : 0);
   Output out;
-  out.y = experts_.Forward(x_TH, routing.ids_TK, routing.weights_TK, &saved->experts)
-              .Reshape(x.shape());
+  const int64_t experts = options_.num_experts;
+  out.dropped_E.assign(static_cast<size_t>(experts), 0.0);
+  Tensor ids_TK = routing.ids_TK;
+  int64_t pad_capacity = 0;
+  if (options_.capacity_factor > 0) {
+    // T * K pairs under top-k; under top-p the pairs the tokens actually chose.
+    const int32_t* chosen = ids_TK.data<int32_t>();
+    const int64_t pairs =
+        std::count_if(chosen, chosen + ids_TK.numel(), [](int32_t e) { return e != kUnrouted; });
+    const int64_t capacity = ExpertCapacity(pairs, 1, experts, options_.capacity_factor);
+    ids_TK = DropOverCapacity(ids_TK, routing.weights_TK, experts, capacity, options_.drop_policy,
+                              &out.dropped_E);
+    if (options_.pad_to_capacity) pad_capacity = capacity;
+  }
+  out.tokens_E.assign(static_cast<size_t>(experts), 0.0);
+  const int32_t* id = ids_TK.data<int32_t>();
+  for (int64_t p = 0; p < ids_TK.numel(); ++p) {
+    if (id[p] != kUnrouted) out.tokens_E[id[p]] += 1;
+  }
+
+  TokenDispatcher::State& state = saved->dispatch;
+  dispatcher_->StartDispatch(x_TH, ids_TK, routing.weights_TK, pad_capacity, &state);
+  ExpertInput in = dispatcher_->FinishDispatch(&state);
+  const Tensor expert_out = experts_.ForwardRows(in.rows_RH, in.expert_offsets, &saved->experts);
+  dispatcher_->StartCombine(expert_out, &state);
+  out.y = dispatcher_->FinishCombine(&state).Reshape(x.shape());
+  saved->rows_RH = std::move(in.rows_RH);
+  saved->expert_offsets = std::move(in.expert_offsets);
   out.logits_TE = std::move(routing.logits_TE);
   out.stats = std::move(routing.stats);
+  out.seq_stats = std::move(routing.seq_stats);
   return out;
 }
 
 Tensor MoeLayer::Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E, double z_scale,
                           const Saved& saved) {
+  RouterLossGrads losses;
+  losses.daux_dprob_E = daux_dprob_E;
+  losses.z_scale = z_scale;
+  return Backward(dy, losses, saved);
+}
+
+Tensor MoeLayer::Backward(const Tensor& dy, const RouterLossGrads& losses, const Saved& saved) {
   const Tensor& x_TH = saved.router.x_TH;
   MOE_CHECK(x_TH.defined()) << name_ << ": Backward needs the Saved of a Forward call";
   MOE_CHECK(dy.numel() == x_TH.numel() && dy.dim(-1) == options_.hidden_size)
       << name_ << ": dy must be like the input (" << x_TH.numel() / x_TH.dim(1) << " tokens of "
       << options_.hidden_size << "), got " << dy.Describe();
-  GroupedExperts::Grads grads = experts_.Backward(dy.Reshape(x_TH.shape()), saved.experts);
-  router_.BackwardAccumulate(grads.dweights_TK, daux_dprob_E, z_scale, saved.router, &grads.dx_TH);
-  return grads.dx_TH.Reshape(dy.shape());
+  const TokenDispatcher::State& state = saved.dispatch;
+  dispatcher_->StartCombineBackward(dy.Reshape(x_TH.shape()), state);
+  Tensor dweights_TK;
+  const Tensor dout_RH = dispatcher_->FinishCombineBackward(state, &dweights_TK);
+  const Tensor drows_RH =
+      experts_.BackwardRows(dout_RH, saved.rows_RH, saved.expert_offsets, saved.experts);
+  dispatcher_->StartDispatchBackward(drows_RH, state);
+  // The router's gradient needs only local data: it runs while the rows travel.
+  Tensor dx_TH = router_.Backward(dweights_TK, losses, saved.router);
+  AddInto(dispatcher_->FinishDispatchBackward(state), &dx_TH);
+  return dx_TH.Reshape(dy.shape());
 }
 
 std::vector<Parameter*> MoeLayer::Parameters() {

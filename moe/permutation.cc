@@ -18,7 +18,7 @@ void CheckRowsTensor(const char* what, const Tensor& t, int64_t rows) {
 void CheckScale(const char* what, const Tensor& scale_TK, const Permutation& p, DType dtype) {
   if (!scale_TK.defined()) return;
   MOE_CHECK(scale_TK.device() == Device::kCpu && scale_TK.dtype() == dtype &&
-            scale_TK.numel() == p.num_rows())
+            scale_TK.numel() == p.num_pairs())
       << what << ": scale must be " << DTypeName(dtype) << "[" << p.num_tokens << ", " << p.top_k
       << "] on cpu, got " << scale_TK.Describe();
 }
@@ -29,8 +29,12 @@ void Gather(T* rows, const T* x, const T* scale, const int32_t* row_to_pair, int
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t pair = row_to_pair[r];
-    const T* src = x + (pair / top_k) * hidden;
     T* dst = rows + r * hidden;
+    if (pair < 0) {  // a padding row: zeros, so the expert computes nothing from it
+      std::memset(dst, 0, sizeof(T) * static_cast<size_t>(hidden));
+      continue;
+    }
+    const T* src = x + (pair / top_k) * hidden;
     if (scale == nullptr) {
       std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(hidden));
     } else {
@@ -47,18 +51,23 @@ void Combine(T* y, const T* rows, const T* scale, const int32_t* pair_to_row, in
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < num_tokens; ++t) {
     T* dst = y + t * hidden;
+    bool first = true;
     for (int64_t j = 0; j < top_k; ++j) {
       const int64_t pair = t * top_k + j;
+      if (pair_to_row[pair] < 0) continue;  // an unused slot or a dropped pair
       const T* src = rows + static_cast<int64_t>(pair_to_row[pair]) * hidden;
       const T s = scale == nullptr ? T(1) : scale[pair];
-      if (j == 0) {
+      if (first) {
 #pragma omp simd
         for (int64_t h = 0; h < hidden; ++h) dst[h] = s * src[h];
       } else {
 #pragma omp simd
         for (int64_t h = 0; h < hidden; ++h) dst[h] += s * src[h];
       }
+      first = false;
     }
+    // A token with no routed pair at all (every choice dropped) gets zero.
+    if (first) std::memset(dst, 0, sizeof(T) * static_cast<size_t>(hidden));
   }
 }
 
@@ -86,8 +95,11 @@ void Dots(T* dots, const T* a, const T* rows, const int32_t* pair_to_row, int64_
   for (int64_t t = 0; t < num_tokens; ++t) {
     for (int64_t j = 0; j < top_k; ++j) {
       const int64_t pair = t * top_k + j;
-      dots[pair] = FixedOrderDot(a + t * hidden,
-                                 rows + static_cast<int64_t>(pair_to_row[pair]) * hidden, hidden);
+      dots[pair] =
+          pair_to_row[pair] < 0
+              ? T(0)
+              : FixedOrderDot(a + t * hidden,
+                              rows + static_cast<int64_t>(pair_to_row[pair]) * hidden, hidden);
     }
   }
 }
@@ -104,29 +116,60 @@ Permutation BuildPermutation(const Tensor& ids_TK, int64_t num_experts) {
   p.num_tokens = ids_TK.dim(0);
   p.top_k = ids_TK.dim(1);
   p.num_experts = num_experts;
-  const int64_t num_rows = p.num_rows();
+  const int64_t num_pairs = p.num_pairs();
   const int32_t* ids = ids_TK.data<int32_t>();
 
   // Counting sort: histogram, exclusive prefix sum, then a stable placement.
   // O(R) sequential integer work, negligible next to the expert GEMMs.
   p.expert_offsets.assign(static_cast<size_t>(num_experts) + 1, 0);
-  for (int64_t pair = 0; pair < num_rows; ++pair) {
+  for (int64_t pair = 0; pair < num_pairs; ++pair) {
     const int32_t e = ids[pair];
-    MOE_CHECK(e >= 0 && e < num_experts)
+    MOE_CHECK(e >= kUnrouted && e < num_experts)
         << "BuildPermutation: expert id " << e << " of token " << pair / p.top_k << " choice "
-        << pair % p.top_k << " is outside [0, " << num_experts << ")";
-    ++p.expert_offsets[e + 1];
+        << pair % p.top_k << " is outside [0, " << num_experts << ") (and not " << kUnrouted
+        << ", an unused slot)";
+    if (e != kUnrouted) ++p.expert_offsets[e + 1];
   }
   for (int64_t e = 0; e < num_experts; ++e) p.expert_offsets[e + 1] += p.expert_offsets[e];
   std::vector<int64_t> next(p.expert_offsets.begin(), p.expert_offsets.end() - 1);
-  p.row_to_pair.resize(static_cast<size_t>(num_rows));
-  p.pair_to_row.resize(static_cast<size_t>(num_rows));
-  for (int64_t pair = 0; pair < num_rows; ++pair) {
+  p.row_to_pair.resize(static_cast<size_t>(p.expert_offsets[num_experts]));
+  p.pair_to_row.resize(static_cast<size_t>(num_pairs));
+  for (int64_t pair = 0; pair < num_pairs; ++pair) {
+    if (ids[pair] == kUnrouted) {
+      p.pair_to_row[pair] = -1;
+      continue;
+    }
     const int64_t row = next[ids[pair]]++;
     p.row_to_pair[row] = static_cast<int32_t>(pair);
     p.pair_to_row[pair] = static_cast<int32_t>(row);
   }
   return p;
+}
+
+Permutation PadToCapacity(const Permutation& p, int64_t capacity) {
+  MOE_CHECK(capacity >= 0) << "PadToCapacity: capacity must be >= 0, got " << capacity;
+  Permutation padded;
+  padded.num_tokens = p.num_tokens;
+  padded.top_k = p.top_k;
+  padded.num_experts = p.num_experts;
+  padded.expert_offsets.resize(p.expert_offsets.size());
+  for (size_t e = 0; e < p.expert_offsets.size(); ++e) {
+    padded.expert_offsets[e] = static_cast<int64_t>(e) * capacity;
+  }
+  padded.row_to_pair.assign(static_cast<size_t>(p.num_experts * capacity), -1);
+  padded.pair_to_row.assign(p.pair_to_row.size(), -1);
+  for (int64_t e = 0; e < p.num_experts; ++e) {
+    MOE_CHECK(p.expert_rows(e) <= capacity)
+        << "PadToCapacity: expert " << e << " holds " << p.expert_rows(e)
+        << " rows, more than the capacity " << capacity << "; drop to capacity first";
+    for (int64_t i = 0; i < p.expert_rows(e); ++i) {
+      const int32_t pair = p.row_to_pair[p.expert_offsets[e] + i];
+      const int64_t row = e * capacity + i;
+      padded.row_to_pair[row] = pair;
+      padded.pair_to_row[pair] = static_cast<int32_t>(row);
+    }
+  }
+  return padded;
 }
 
 Tensor PermuteRows(const Tensor& x_TH, const Permutation& p, const Tensor& scale_TK) {
@@ -150,9 +193,6 @@ Tensor UnpermuteSum(const Tensor& rows_RH, const Permutation& p, const Tensor& s
   CheckRowsTensor("UnpermuteSum", rows_RH, p.num_rows());
   CheckScale("UnpermuteSum", scale_TK, p, rows_RH.dtype());
   const int64_t hidden = rows_RH.dim(1);
-  // K = 0 cannot happen (the router checks top_k >= 1), so every output row
-  // is written by its j = 0 term.
-  MOE_CHECK(p.top_k >= 1) << "UnpermuteSum: top_k must be >= 1";
   Tensor y = Tensor::Empty({p.num_tokens, hidden}, rows_RH.dtype());
   if (rows_RH.dtype() == DType::kF64) {
     Combine(y.data<double>(), rows_RH.data<double>(),
@@ -173,6 +213,7 @@ Tensor RowDots(const Tensor& a_TH, const Tensor& rows_RH, const Permutation& p) 
       << "RowDots: " << a_TH.Describe() << " and " << rows_RH.Describe() << " do not match";
   const int64_t hidden = a_TH.dim(1);
   Tensor dots = Tensor::Empty({p.num_tokens, p.top_k}, a_TH.dtype());
+  if (p.num_pairs() == 0) return dots;
   if (a_TH.dtype() == DType::kF64) {
     Dots(dots.data<double>(), a_TH.data<double>(), rows_RH.data<double>(), p.pair_to_row.data(),
          p.num_tokens, p.top_k, hidden);

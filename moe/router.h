@@ -1,24 +1,43 @@
-// The Mixtral top-k softmax router (Hugging Face MixtralTopKRouter), with the
-// statistics of the load-balancing (aux) loss and the router z-loss.
-// Shape suffixes: see moe/permutation.h.
+// The router family: gate logits -> scores -> top-k (or top-p) experts and
+// their weights, with the statistics of the balancing losses
+// (moe/router_losses.h). Shape suffixes: see moe/permutation.h; B sequences.
 //
-//   logits_TE  = x_TH gate^T                (kept in fp32; f64 for kF64 runs)
-//   probs_TE   = softmax over all E experts
-//   ids_TK     = the K largest, in decreasing order; ties go to the lower
-//                expert index (selection compares logits, which order the
-//                same way as the probabilities but are never rounded together)
-//   weights_TK = those K probabilities divided by their sum
+//   logits_TE = x_TH gate^T                 (kept in fp32; f64 for kF64 runs)
 //
-// Losses, both taken over "router rows" (tokens) and, for aux, pooled over
-// layers as Hugging Face's load_balancing_loss_func does (it concatenates all
-// layers' router logits before reducing):
-//   aux = E * sum_e f_e * P_e,  f_e = (picks of e) / N, P_e = (sum of prob e) / N
-//   z   = mean_t logsumexp(logits_t)^2   (ST-MoE / Megatron, per layer)
-// The model adds coef * aux and coef_z * z (summed over layers) to its loss.
-// d aux / d prob[t, e] = E * f_e / N is one constant per expert (f has no
-// gradient: it comes from an argmax), so Router::Backward takes that [E]
-// vector, already times the coefficient and the loss scale, from
-// LoadBalancingLoss() on the pooled statistics.
+// Top-k routing (RouterOptions::top_k = K), by score function:
+//   softmax (Mixtral, the default; Megatron's pre_softmax = false):
+//     ids = the K largest logits; weights = softmax over all E, renormalised
+//     over the K chosen. That is exactly softmax over the K chosen logits,
+//     Megatron's "top-k then softmax"; Hugging Face MixtralTopKRouter.
+//   softmax, pre_softmax: weights = softmax over all E at the K chosen, not
+//     renormalised (they sum to less than 1).
+//   sigmoid (DeepSeek-V3): s = sigmoid(logits); ids = the K largest s;
+//     weights = s at the chosen, divided by their sum when K > 1 (Megatron;
+//     no 1e-20 guard: a sum of sigmoids is never 0), s itself when K = 1.
+// Group-limited routing (num_groups G, group_topk g): the E experts form G
+// contiguous groups; a group's score is the sum of its top (K / g) selection
+// scores (logits, probabilities or biased sigmoid scores, whichever the
+// variant ranks by, as Megatron's group_limited_topk); the g best groups
+// stay, and the K experts are chosen among their experts only.
+// Expert bias (aux-loss-free balancing, DeepSeek-V3; sigmoid only): a
+// non-trainable fp32 [E] buffer; experts are ranked by s + bias (also for the
+// group scores), weights use the unbiased s. UpdateExpertBias moves it.
+//
+// Top-p routing (topp = P, "Harder Tasks Need More Experts"): probabilities
+// = softmax over all E; per token the fewest experts, in descending
+// probability, whose cumulative probability reaches P (at least one), at most
+// topp_max_experts when that is > 0. Weights = their probabilities, not
+// renormalised. The set size varies per token, the width does not:
+// ids_TK / weights_TK have width() = topp_max_experts (or E) columns, the
+// used slots first in descending probability, an unused slot holds id -1
+// and weight 0 (dispatchers skip it; its dweight is ignored).
+//
+// Ties go to the lower expert (or group) index everywhere: selection compares
+// logits where the variant allows (they order as the probabilities do but are
+// never rounded together).
+//
+// Backward gives d loss / d x and d gate through the weights (a choice has no
+// gradient) plus the balancing, z and entropy terms of RouterLossGrads.
 #ifndef MOE_MOE_ROUTER_H_
 #define MOE_MOE_ROUTER_H_
 
@@ -27,54 +46,24 @@
 #include <vector>
 
 #include "core/layers/parameter.h"
+#include "moe/router_losses.h"
+#include "moe/router_options.h"
 
 namespace moe {
 
-// One router's per-call statistics. Exact sums (double), so that pooling over
-// layers, micro-batches or ranks is a plain Add.
-struct RouterStats {
-  int64_t rows = 0;                   // N: router rows (tokens)
-  std::vector<double> choice_counts;  // [E]: how many of the N * K picks chose e
-  std::vector<double> prob_sums;      // [E]: sum over rows of prob[t, e]
-  double z_sum = 0;                   // sum over rows of logsumexp(logits_t)^2
-
-  // Pools `other` into this (an empty this takes other's E).
-  void Add(const RouterStats& other);
-};
-
-struct LoadBalancingLoss {
-  double aux = 0;   // E * sum_e f_e P_e, Hugging Face's load_balancing_loss_func value
-  double loss = 0;  // coefficient * aux: the term to add to the training loss
-  // d(loss_scale * loss) / d prob[t, e] for every router row of every pooled
-  // layer: coefficient * loss_scale * E * f_e / N. Pass to Router::Backward.
-  std::vector<double> daux_dprob;
-};
-// From statistics pooled over every router the loss is taken over.
-LoadBalancingLoss ComputeLoadBalancingLoss(const RouterStats& pooled, double coefficient,
-                                           double loss_scale);
-
-struct ZLoss {
-  double z = 0;     // mean_t logsumexp(logits_t)^2 of one layer
-  double loss = 0;  // coefficient * z
-  // d(loss_scale * loss) / d z_sum = coefficient * loss_scale / N. Pass to
-  // Router::Backward as z_scale.
-  double z_scale = 0;
-};
-// From one layer's statistics (the caller sums the layers' losses).
-ZLoss ComputeZLoss(const RouterStats& layer, double coefficient, double loss_scale);
-
 // What routing produced for one batch of tokens.
 struct Routing {
-  Tensor ids_TK;      // kI32 [T, K]
-  Tensor weights_TK;  // [T, K], the input's dtype; each row sums to 1
+  Tensor ids_TK;      // kI32 [T, K], K = Router::width(); -1 = unused top-p slot
+  Tensor weights_TK;  // [T, K], the input's dtype
   Tensor logits_TE;   // [T, E] (Hugging Face's router_logits)
   RouterStats stats;
+  SequenceStats seq_stats;  // filled when Forward was given a sequence length
 };
 
 class Router {
  public:
-  // What backward needs: the input (for d gate), the logits (probabilities
-  // and logsumexp are recomputed from them: O(T E)) and the choices. All three
+  // What backward needs: the input (for d gate), the logits (scores and
+  // logsumexp are recomputed from them: O(T E)) and the choices. All three
   // are shared with the input and the returned Routing, so saving costs nothing.
   struct Saved {
     Tensor x_TH;
@@ -84,38 +73,69 @@ class Router {
 
   // The weight "<name>.weight" [E, H] (e.g. model.layers.0.block_sparse_moe.gate)
   // is left uninitialised for the model to fill; its grad starts at zero.
-  // CPU kF32 or kF64.
+  // With enable_expert_bias, "<name>.expert_bias" [E] kF32 starts at zero.
+  // Dies with ValidateRouterOptions' message, prefixed by the name, on bad
+  // options. CPU kF32 or kF64.
+  Router(std::string name, int64_t hidden_size, const RouterOptions& options,
+         DType dtype = DType::kF32, Device device = Device::kCpu);
+  // Mixtral's softmax top-k router.
   Router(std::string name, int64_t hidden_size, int64_t num_experts, int64_t top_k,
          DType dtype = DType::kF32, Device device = Device::kCpu);
 
-  // x_TH: [T, H] -> Routing.
-  Routing Forward(const Tensor& x_TH, Saved* saved) const;
+  // x_TH: [T, H] -> Routing. seq_length > 0 (it must divide T) also fills
+  // Routing::seq_stats for the sequence-level aux loss: the rows are
+  // T / seq_length sequences of seq_length consecutive tokens, as a
+  // row-major [B, S, H] input flattens.
+  Routing Forward(const Tensor& x_TH, Saved* saved, int64_t seq_length = 0) const;
 
   // dweights_TK: d loss / d weights_TK (from the experts), like weights_TK.
-  // daux_dprob_E: LoadBalancingLoss::daux_dprob, or empty for no aux loss.
-  // z_scale: ZLoss::z_scale, or 0 for no z-loss.
+  // losses: the balancing / z / entropy gradients; daux_dprob_BE, when given,
+  // must match the B of the Forward's seq_stats (rows in B equal blocks).
   // Returns dx_TH (=); gate.grad += .
-  Tensor Backward(const Tensor& dweights_TK, const std::vector<double>& daux_dprob_E,
-                  double z_scale, const Saved& saved);
+  Tensor Backward(const Tensor& dweights_TK, const RouterLossGrads& losses, const Saved& saved);
   // The same, adding dx into *dx_TH (+=) instead of returning it, so the MoE
   // layer sums its two input gradients without an extra pass.
+  void BackwardAccumulate(const Tensor& dweights_TK, const RouterLossGrads& losses,
+                          const Saved& saved, Tensor* dx_TH);
+  // The aux ([E], or empty) and z terms only.
+  Tensor Backward(const Tensor& dweights_TK, const std::vector<double>& daux_dprob_E,
+                  double z_scale, const Saved& saved);
   void BackwardAccumulate(const Tensor& dweights_TK, const std::vector<double>& daux_dprob_E,
                           double z_scale, const Saved& saved, Tensor* dx_TH);
 
+  // Aux-loss-free balancing, once per global batch: bias_e += rate *
+  // sign(mean_e' load_e' - load_e), so under-loaded experts gain. The caller
+  // passes RouterStats::routed_counts summed over the whole global batch
+  // (all micro-batches, all data-parallel ranks), so every rank moves the
+  // bias identically.
+  void UpdateExpertBias(const std::vector<double>& tokens_per_expert_E, double rate);
+
   Parameter& weight() { return weight_; }
   std::vector<Parameter*> Parameters() { return {&weight_}; }
+  // kF32 [E], undefined without enable_expert_bias. Not a Parameter: no
+  // gradient, no optimizer; checkpoints save it under expert_bias_name().
+  Tensor& expert_bias() { return expert_bias_; }
+  const Tensor& expert_bias() const { return expert_bias_; }
+  std::string expert_bias_name() const { return name_ + ".expert_bias"; }
+
+  const RouterOptions& options() const { return options_; }
+  const std::string& name() const { return name_; }
   int64_t hidden_size() const { return hidden_size_; }
-  int64_t num_experts() const { return num_experts_; }
-  int64_t top_k() const { return top_k_; }
+  int64_t num_experts() const { return options_.num_experts; }
+  // Columns of ids_TK / weights_TK (top_k, or the top-p width).
+  int64_t width() const { return options_.width(); }
+  // The same as width(), kept for callers that read it as the ids' width.
+  int64_t top_k() const { return width(); }
 
  private:
-  void BackwardInto(const Tensor& dweights_TK, const std::vector<double>& daux_dprob_E,
-                    double z_scale, const Saved& saved, Tensor* dx_TH, bool accumulate);
+  void BackwardInto(const Tensor& dweights_TK, const RouterLossGrads& losses, const Saved& saved,
+                    Tensor* dx_TH, bool accumulate);
 
+  std::string name_;
   int64_t hidden_size_;
-  int64_t num_experts_;
-  int64_t top_k_;
+  RouterOptions options_;
   Parameter weight_;
+  Tensor expert_bias_;
 };
 
 }  // namespace moe

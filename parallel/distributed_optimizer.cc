@@ -34,6 +34,7 @@ DistributedOptimizer::DistributedOptimizer(std::vector<Parameter*> params, Commu
       piece.value = master_[b].View(lo - begin, {hi - lo});
       piece.grad = buckets[b].shard.View(lo - begin, {hi - lo});
       pieces_.push_back(std::move(piece));
+      piece_sources_.emplace_back(slot.param, lo - slot.offset);
       if (options.no_decay && options.no_decay(*slot.param)) no_decay->insert(&pieces_.back());
     }
   }
@@ -66,6 +67,24 @@ void DistributedOptimizer::Step(double lr) {
                   static_cast<size_t>(slot.param->value.numel()) * sizeof(float));
       slot.param->grad.SetZero();
     }
+  }
+}
+
+std::vector<DistributedOptimizer::ShardPiece> DistributedOptimizer::ShardPieces() {
+  std::vector<ShardPiece> pieces;
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const AdamW::State& state = adam_->state(i);
+    pieces.push_back(ShardPiece{piece_sources_[i].first, piece_sources_[i].second, pieces_[i].value,
+                                state.exp_avg, state.exp_avg_sq});
+  }
+  return pieces;
+}
+
+void DistributedOptimizer::CopyMastersFromParams() {
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const auto& [param, offset] = piece_sources_[i];
+    std::memcpy(pieces_[i].value.data<float>(), param->value.data<float>() + offset,
+                static_cast<size_t>(pieces_[i].value.numel()) * sizeof(float));
   }
 }
 

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/optim/adamw.h"
@@ -48,6 +49,9 @@ class DistributedOptimizer {
   void ReduceGradients() { buckets_.Reduce(); }
   // The squared global norm of the reduced gradient, the same on every rank.
   double SquaredGradNorm() const;
+  // This rank's share of it (its own chunks), before the all-reduce: for a
+  // caller that sums several groups' shares in one all-reduce.
+  double OwnedSquaredGradNorm() const { return buckets_.OwnedSquaredNorm(); }
   // The pieces' grads are the own chunks: pass these to ClipGradNorm.
   const std::vector<Parameter*>& shard_params() { return piece_ptrs_; }
 
@@ -58,6 +62,22 @@ class DistributedOptimizer {
   void ZeroGrad();
 
   int64_t step() const { return adam_->step(); }
+  void set_step(int64_t step) { adam_->set_step(step); }  // restoring a checkpoint
+
+  // For checkpoints: one (parameter, own chunk) overlap, the elements
+  // [offset, offset + numel) of `param`'s value in row-major order, and this
+  // rank's state for them (views: writing them restores the state).
+  struct ShardPiece {
+    const Parameter* param = nullptr;
+    int64_t offset = 0;
+    Tensor master;  // f32[numel]
+    Tensor exp_avg;
+    Tensor exp_avg_sq;
+  };
+  std::vector<ShardPiece> ShardPieces();
+  // Copies the parameters' values into the masters: after something other
+  // than Step() wrote the parameters (a checkpoint or Hugging Face load).
+  void CopyMastersFromParams();
   const GradBuckets& buckets() const { return buckets_; }
   // Elements of optimizer state per rank (master + exp_avg + exp_avg_sq).
   int64_t shard_elements() const { return shard_elements_; }
@@ -68,6 +88,7 @@ class DistributedOptimizer {
   std::vector<Tensor> master_;  // per bucket: f32[chunk], the own chunk's weights
   std::vector<Parameter> pieces_;
   std::vector<Parameter*> piece_ptrs_;
+  std::vector<std::pair<const Parameter*, int64_t>> piece_sources_;  // (param, offset) per piece
   std::unique_ptr<AdamW> adam_;
   int64_t shard_elements_ = 0;
 };

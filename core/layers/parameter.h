@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/philox.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -19,6 +20,11 @@ struct Parameter {
   std::string name;  // the Hugging Face name where one exists
   Tensor value;
   Tensor grad;  // same shape; accumulated (+=) by backward, zeroed by the optimizer step
+  // Where `value` sits in the whole tensor `name`: the whole of it, unless a
+  // tensor-parallel layer holds a slice (parallel/tensor_parallel/). Weights
+  // are initialised as InitNormal(&value, slice, ...) so that a shard draws
+  // exactly its slice, and checkpoints place shards by it.
+  ShardSlice slice;
 };
 
 // Appends pointers to `params` to `out` (a layer's Parameters() helper).

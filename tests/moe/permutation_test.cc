@@ -117,7 +117,46 @@ TEST(PermutationTest, RowDotsMatchDirectProducts) {
 TEST(PermutationDeathTest, ExpertIdOutOfRangeNamesTheToken) {
   EXPECT_DEATH(BuildPermutation(Ids(2, 2, {0, 1, 4, 0}), 4),
                "expert id 4 of token 1 choice 0 is outside \\[0, 4\\)");
-  EXPECT_DEATH(BuildPermutation(Ids(1, 1, {-1}), 4), "expert id -1");
+  EXPECT_DEATH(BuildPermutation(Ids(1, 1, {-2}), 4), "expert id -2");
+}
+
+TEST(PermutationTest, UnroutedPairsAreNoRowsAndCombineToNothing) {
+  // Token 0 uses both slots, token 1 one, token 2 none (every pair dropped).
+  const Permutation p = BuildPermutation(Ids(3, 2, {1, 0, kUnrouted, 1, kUnrouted, kUnrouted}), 2);
+  EXPECT_EQ(p.num_pairs(), 6);
+  EXPECT_EQ(p.num_rows(), 3);
+  EXPECT_EQ(p.expert_offsets, (std::vector<int64_t>{0, 1, 3}));
+  EXPECT_EQ(p.row_to_pair, (std::vector<int32_t>{1, 0, 3}));
+  EXPECT_EQ(p.pair_to_row, (std::vector<int32_t>{1, 0, -1, 2, -1, -1}));
+  const Tensor x = TokenRows(3, DType::kF64);
+  const Tensor scale = Tensor::Empty({3, 2}, DType::kF64);
+  for (int64_t i = 0; i < 6; ++i) scale.data<double>()[i] = 0.5 + i;
+  const Tensor rows = PermuteRows(x, p, scale);
+  const Tensor y = UnpermuteSum(rows, p, scale);
+  // y[0] = (0.5^2 + 1.5^2) x[0]; y[1] = 3.5^2 x[1]; y[2] = 0.
+  EXPECT_DOUBLE_EQ(y.GetAsDouble(0), (0.25 + 2.25) * 1);
+  EXPECT_DOUBLE_EQ(y.GetAsDouble(2), 12.25 * 2);
+  EXPECT_EQ(y.GetAsDouble(4), 0.0);
+  EXPECT_EQ(y.GetAsDouble(5), 0.0);
+  const Tensor dots = RowDots(x, rows, p);
+  EXPECT_EQ(dots.GetAsDouble(2), 0.0);
+  EXPECT_DOUBLE_EQ(dots.GetAsDouble(3), 3.5 * (4 + 400));
+}
+
+TEST(PermutationTest, PadToCapacityGivesEveryExpertCapacityRows) {
+  const Permutation p = BuildPermutation(Ids(3, 1, {1, 1, kUnrouted}), 3);
+  const Permutation padded = PadToCapacity(p, 2);
+  EXPECT_EQ(padded.expert_offsets, (std::vector<int64_t>{0, 2, 4, 6}));
+  EXPECT_EQ(padded.row_to_pair, (std::vector<int32_t>{-1, -1, 0, 1, -1, -1}));
+  EXPECT_EQ(padded.pair_to_row, (std::vector<int32_t>{2, 3, -1}));
+  const Tensor x = TokenRows(3, DType::kF32);
+  const Tensor rows = PermuteRows(x, padded);
+  for (int64_t r : {0, 1, 4, 5}) EXPECT_EQ(rows.GetAsDouble(2 * r), 0.0) << "padding row " << r;
+  EXPECT_EQ(rows.GetAsDouble(2 * 3), 2.0);
+  const Tensor y = UnpermuteSum(rows, padded);
+  EXPECT_EQ(y.GetAsDouble(2), 2.0);
+  EXPECT_EQ(y.GetAsDouble(4), 0.0);
+  EXPECT_DEATH(PadToCapacity(p, 1), "expert 1 holds 2 rows, more than the capacity 1");
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ void DumpBlock(const std::string& dir) {
                      {"y", out.y},
                      {"router_logits", out.logits_TE},
                      {"ids", saved.router.ids_TK},
-                     {"weights", saved.experts.weights_TK},
+                     {"weights", saved.dispatch.weights_TK},
                      {"dx", dx}};
   for (Parameter* p : layer.Parameters()) {
     entries.push_back({p->name, p->value});
