@@ -37,6 +37,17 @@ if(MOE_WITH_MPI)
   set(MOE_MPIEXEC ${MPIEXEC_EXECUTABLE} --oversubscribe --allow-run-as-root)
 endif()
 
+# prometheus-cpp (Debian prometheus-cpp-dev) serves --metrics_port. Optional
+# like MPI, for a GPU machine without Debian packages: MetricsServer is then
+# a stand-in whose Start() says how to get it.
+find_package(prometheus-cpp CONFIG QUIET)
+if(prometheus-cpp_FOUND AND TARGET prometheus-cpp::pull)
+  set(MOE_WITH_PROMETHEUS ON)
+else()
+  set(MOE_WITH_PROMETHEUS OFF)
+endif()
+message(STATUS "moe: prometheus-cpp ${MOE_WITH_PROMETHEUS}")
+
 if(MOE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

@@ -23,6 +23,12 @@ Json::Json(double value) : type_(Type::kNumber), number_(value) {
   }
 }
 
+Json Json::Real(double value) {
+  Json j(value);
+  j.is_int_ = false;
+  return j;
+}
+
 Json::Json(const char* value) : type_(Type::kString), string_(value) {}
 Json::Json(std::string value) : type_(Type::kString), string_(std::move(value)) {}
 Json::Json(std::string_view value) : type_(Type::kString), string_(value) {}
@@ -222,8 +228,14 @@ void Json::DumpTo(std::string* out, int indent, int level) const {
       } else {
         // Shortest text that reads back as the same double.
         char buffer[32];
-        const auto result = std::to_chars(buffer, buffer + sizeof(buffer), number_);
+        // An integral value here was built with Real(): keep it a real on
+        // the way out ("1000000.0", as Python writes it, not "1e+06").
+        const bool integral = number_ == std::trunc(number_) && std::abs(number_) < 1e16;
+        const auto result = integral ? std::to_chars(buffer, buffer + sizeof(buffer), number_,
+                                                     std::chars_format::fixed)
+                                     : std::to_chars(buffer, buffer + sizeof(buffer), number_);
         out->append(buffer, result.ptr);
+        if (integral) out->append(".0");
       }
       return;
     }

@@ -41,6 +41,9 @@ class Json {
   Json(const char* value);       // NOLINT(google-explicit-constructor)
   Json(std::string value);       // NOLINT(google-explicit-constructor)
   Json(std::string_view value);  // NOLINT(google-explicit-constructor)
+  // A number that is always written as a real ("0.0", "1000000.0"), never as
+  // an integer, for readers that type-check floats (transformers' configs).
+  static Json Real(double value);
   template <std::integral T>
   requires(!std::same_as<T, bool>) Json(T value) {  // NOLINT(google-explicit-constructor)
     if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(int64_t)) {

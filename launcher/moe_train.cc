@@ -13,22 +13,33 @@
 // Exit codes: 0 done; 2 a bad flag, layout or data set (one line on stderr
 // naming the flag and a fix, before anything is allocated); 1 a failure while
 // training (a diverged run, a token outside the vocabulary deeper in the
-// data, an unwritable log). Abseil reports unknown flags and unparsable
-// values itself.
+// data, an unwritable log, a failed checkpoint save, a checkpoint whose
+// tensors fail their checksums). Abseil reports unknown flags and
+// unparsable values itself.
+//
+// SIGTERM or SIGINT: the step in progress finishes, every rank agrees to
+// stop after it, a checkpoint is saved (with --save), and the exit code is 0.
+// A second signal ends the process at once.
 #include <omp.h>
+#include <signal.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
+#include "launcher/checkpoint.h"
 #include "launcher/step_log.h"
 #include "launcher/train_flags.h"
+#include "launcher/train_metrics.h"
 #include "launcher/trainer.h"
 #include "parallel/local_communicator.h"
 #ifdef MOE_WITH_MPI
@@ -41,6 +52,21 @@ constexpr int kExitUsage = 2;
 constexpr int kExitFailure = 1;
 
 int g_rank = 0;
+
+// Set by SIGTERM/SIGINT; the trainer finishes its step, saves and returns.
+std::atomic<bool> g_stop_requested{false};
+
+void OnStopSignal(int /*signal*/) { g_stop_requested.store(true); }
+
+// SA_RESETHAND: a second signal ends the process at once (Ctrl-C twice).
+void InstallStopHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESETHAND;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
 
 // A bad flag or layout is found by every rank alike (same flags, same data):
 // rank 0 alone says so. A failure while training may be one rank's own, so
@@ -67,6 +93,9 @@ int Run(moe::Communicator* world) {
   absl::StatusOr<moe::TrainSettings> settings = moe::TrainSettingsFromFlags();
   if (!settings.ok()) return Fail(kExitUsage, settings.status());
   if (settings->threads > 0) omp_set_num_threads(settings->threads);
+  // From here a signal no longer kills the process: it asks the trainer to
+  // stop after its current (or first) step and save.
+  InstallStopHandlers();
 
   if (settings->print_grid) {
     absl::StatusOr<moe::RankGrid> grid = moe::BuildRankGrid(settings->trainer, world->size());
@@ -81,15 +110,80 @@ int Run(moe::Communicator* world) {
     if (!opened.ok()) return Fail(kExitUsage, opened.status());
     log = std::move(*opened);
   }
+  // Metrics listen before anything is allocated, so that a taken port is
+  // reported first; a port is one rank's own problem, so every rank says so.
+  std::unique_ptr<moe::TrainMetrics> metrics;
+  if (settings->metrics_port > 0) {
+    metrics = std::make_unique<moe::TrainMetrics>(moe::TrainMetricsOptions{
+        world->rank(), world->size(), /*active_parameters=*/0, settings->mfu_peak_tflops});
+    if (absl::Status s = metrics->Serve(settings->metrics_port); !s.ok()) {
+      return Fail(kExitFailure, s);
+    }
+    if (lead && !log.has_value()) log.emplace();  // a log without a file, for the metrics
+  }
+  // A checkpoint or Hugging Face model that does not fit the flags is a
+  // usage error, found before the trainer allocates anything.
+  std::optional<moe::CheckpointSummary> resume;
+  if (!settings->load.empty()) {
+    absl::StatusOr<moe::CheckpointSummary> checked =
+        moe::CheckCheckpointForRun(settings->load, settings->trainer);
+    if (!checked.ok()) return Fail(kExitUsage, checked.status());
+    resume = *checked;
+  }
+  if (!settings->init_from_hf.empty()) {
+    if (absl::Status s = moe::CheckHfModelForRun(settings->init_from_hf, settings->trainer);
+        !s.ok()) {
+      return Fail(kExitUsage, s);
+    }
+  }
   absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer =
       moe::Trainer::Create(settings->trainer, world);
   if (!trainer.ok()) return Fail(kExitUsage, trainer.status());
+  if (resume.has_value()) {
+    if (absl::Status s = moe::LoadCheckpoint(settings->load, trainer->get()); !s.ok()) {
+      return Fail(kExitFailure, s);
+    }
+  } else if (!settings->init_from_hf.empty()) {
+    if (absl::Status s = moe::InitFromHf(settings->init_from_hf, trainer->get()); !s.ok()) {
+      return Fail(kExitFailure, s);
+    }
+  }
+  (*trainer)->SetStopFlag(&g_stop_requested);
+  if (metrics != nullptr) {
+    metrics->set_active_parameters((*trainer)->model().NumActiveParameters());
+    (*trainer)->SetCheckpointCallback(
+        [m = metrics.get()](double seconds) { m->ObserveCheckpointSave(seconds); });
+    if (log.has_value()) {
+      log->AddObserver([m = metrics.get()](const moe::StepStats& stats) { m->ObserveStep(stats); });
+    }
+  }
 
   if (lead) {
     std::cout << "moe-train: " << omp_get_max_threads() << " threads per rank\n"
               << (*trainer)->Summary();
-    if (log.has_value()) {
+    if (log.has_value() && !log->path().empty()) {
       std::cout << "log       " << log->path() << " (one JSON object per step)\n";
+    }
+    if (resume.has_value()) {
+      std::cout << "resume    " << resume->dir << ": step " << resume->iteration << " (saved under "
+                << resume->saved_under
+                << (resume->has_optimizer_state ? ")" : "; weights only, fresh optimizer)") << "\n";
+    } else if (!settings->init_from_hf.empty()) {
+      std::cout << "init      Hugging Face weights from " << settings->init_from_hf << "\n";
+    }
+    if (!settings->trainer.save.empty()) {
+      std::cout << "save      " << settings->trainer.save << ": every "
+                << (settings->trainer.save_interval > 0
+                        ? std::to_string(settings->trainer.save_interval) + " steps, "
+                        : std::string())
+                << "at the end and on SIGTERM/SIGINT; keeping "
+                << (settings->trainer.save_keep > 0 ? std::to_string(settings->trainer.save_keep)
+                                                    : std::string("all"))
+                << "\n";
+    }
+    if (metrics != nullptr) {
+      std::cout << "metrics   http://localhost:" << metrics->port()
+                << "/metrics (Prometheus; rank r serves on port + r)\n";
     }
     std::cout << std::flush;
   }
@@ -98,7 +192,16 @@ int Run(moe::Communicator* world) {
       !s.ok()) {
     return Fail(kExitFailure, s);
   }
-  if (log.has_value()) std::cout << "moe-train: done; step log in " << log->path() << std::endl;
+  if (lead && (*trainer)->stopped_early() && !settings->trainer.save.empty()) {
+    std::cout << "moe-train: resume with --load=" << settings->trainer.save << std::endl;
+  }
+  if (log.has_value() && !log->path().empty()) {
+    std::cout << "moe-train: done; step log in " << log->path() << std::endl;
+  }
+  if (metrics != nullptr && settings->metrics_linger_s > 0) {
+    // Lets Prometheus scrape the last step's values before the process ends.
+    std::this_thread::sleep_for(std::chrono::duration<double>(settings->metrics_linger_s));
+  }
   return 0;
 }
 

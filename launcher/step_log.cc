@@ -31,6 +31,27 @@ Json StepRecord(const StepStats& stats) {
   record.Set("step_s", Number(stats.step_s));
   if (stats.val_loss.has_value()) record.Set("val_loss", Number(*stats.val_loss));
   if (stats.skipped) record.Set("skipped", true);
+  if (stats.entropy_loss != 0) record.Set("entropy_loss", Number(stats.entropy_loss));
+  auto matrix = [](const std::vector<std::vector<double>>& rows) {
+    Json out = Json::MakeArray();
+    for (const std::vector<double>& row : rows) {
+      Json r = Json::MakeArray();
+      for (double v : row) r.Append(Number(v));
+      out.Append(std::move(r));
+    }
+    return out;
+  };
+  auto vector = [](const std::vector<double>& values) {
+    Json out = Json::MakeArray();
+    for (double v : values) out.Append(Number(v));
+    return out;
+  };
+  if (!stats.expert_tokens.empty()) {
+    record.Set("expert_tokens", matrix(stats.expert_tokens));
+    record.Set("expert_dropped", matrix(stats.expert_dropped));
+    record.Set("router_entropy", vector(stats.router_entropy));
+    record.Set("load_balance", vector(stats.load_balance));
+  }
   return record;
 }
 
@@ -78,13 +99,16 @@ absl::StatusOr<StepLog> StepLog::Open(const std::string& path) {
 }
 
 StepLog::StepLog(StepLog&& other) noexcept
-    : path_(std::move(other.path_)), file_(std::exchange(other.file_, nullptr)) {}
+    : path_(std::move(other.path_)),
+      file_(std::exchange(other.file_, nullptr)),
+      observers_(std::move(other.observers_)) {}
 
 StepLog& StepLog::operator=(StepLog&& other) noexcept {
   if (this != &other) {
     if (file_ != nullptr) std::fclose(file_);
     path_ = std::move(other.path_);
     file_ = std::exchange(other.file_, nullptr);
+    observers_ = std::move(other.observers_);
   }
   return *this;
 }
@@ -94,11 +118,14 @@ StepLog::~StepLog() {
 }
 
 absl::Status StepLog::Write(const StepStats& stats) {
-  const std::string line = StepRecord(stats).Dump() + "\n";
-  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-    return absl::InternalError(
-        absl::StrCat("--log_jsonl=", path_, ": write failed (", std::strerror(errno), ")"));
+  if (file_ != nullptr) {
+    const std::string line = StepRecord(stats).Dump() + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+      return absl::InternalError(
+          absl::StrCat("--log_jsonl=", path_, ": write failed (", std::strerror(errno), ")"));
+    }
   }
+  for (const auto& observer : observers_) observer(stats);
   return absl::OkStatus();
 }
 

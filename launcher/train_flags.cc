@@ -32,6 +32,39 @@ ABSL_FLAG(int64_t, moe_router_topk, 2, "Experts each token is routed to (num_exp
 ABSL_FLAG(double, moe_aux_loss_coeff, 0.0,
           "Load-balancing loss coefficient (router_aux_loss_coef); 0 = off.");
 ABSL_FLAG(double, moe_z_loss_coeff, 0.0, "Router z-loss coefficient; 0 = off.");
+ABSL_FLAG(std::string, moe_router_score_function, "softmax",
+          "Router scores: softmax (Mixtral) or sigmoid (DeepSeek-V3).");
+ABSL_FLAG(bool, moe_router_pre_softmax, false,
+          "Softmax over all experts, then top-k, without renormalising the k weights.");
+ABSL_FLAG(double, moe_router_topp, 0.0,
+          "Top-p dynamic routing: each token takes the fewest experts whose probabilities "
+          "reach P (weights not renormalised); 0 = top-k routing.");
+ABSL_FLAG(int64_t, moe_router_topp_max_experts, 0,
+          "Top-p: at most this many experts per token; 0 = no cap.");
+ABSL_FLAG(double, moe_router_topp_entropy_coeff, 0.0,
+          "Top-p: coefficient of the router entropy loss; 0 = off.");
+ABSL_FLAG(int64_t, moe_router_num_groups, 0,
+          "Group-limited routing: experts in this many groups; 0 = off.");
+ABSL_FLAG(int64_t, moe_router_group_topk, 0,
+          "Group-limited routing: tokens choose experts within this many groups.");
+ABSL_FLAG(bool, moe_router_enable_expert_bias, false,
+          "Aux-loss-free balancing: a per-expert selection bias updated once per global batch "
+          "(needs --moe_router_score_function=sigmoid).");
+ABSL_FLAG(double, moe_router_bias_update_rate, 1e-3, "Step of the expert bias update.");
+ABSL_FLAG(std::string, moe_router_load_balancing_type, "hf_aux_loss",
+          "hf_aux_loss (Hugging Face's, pooled over layers), aux_loss, seq_aux_loss, "
+          "global_aux_loss (Megatron-Core's, per layer) or none.");
+ABSL_FLAG(std::string, moe_token_dispatcher_type, "alltoall",
+          "How tokens reach experts on other ranks: alltoall or allgather.");
+ABSL_FLAG(double, moe_expert_capacity_factor, 0.0,
+          "Expert capacity = ceil(local tokens * topk / experts * factor); pairs beyond it are "
+          "dropped. 0 = dropless.");
+ABSL_FLAG(std::string, moe_token_drop_policy, "probs",
+          "Which pairs an expert over capacity keeps: probs (highest weight) or position "
+          "(first in token order).");
+ABSL_FLAG(bool, moe_pad_expert_input_to_capacity, false,
+          "Pad every expert's input to exactly its capacity (static shapes; needs "
+          "--moe_expert_capacity_factor and the alltoall dispatcher).");
 ABSL_FLAG(int64_t, vocab_size, 0,
           "Vocabulary size; must cover every token id of the data (257 for the byte "
           "tokenizer). Required.");
@@ -101,6 +134,33 @@ ABSL_FLAG(bool, print_grid, false,
 ABSL_FLAG(int32_t, threads, 0,
           "OpenMP threads; 0 = OpenMP's default (OMP_NUM_THREADS, else every core).");
 
+// Checkpoints (launcher/checkpoint.h; Megatron-LM names, --save_keep is ours).
+ABSL_FLAG(std::string, save, "",
+          "Checkpoint directory: DIR/iter_NNNNNNN per save and DIR/latest naming the newest; "
+          "saved every --save_interval steps, after the last step and on SIGTERM/SIGINT.");
+ABSL_FLAG(int64_t, save_interval, 0,
+          "Save every this many steps; 0 = only at the end and on stop.");
+ABSL_FLAG(int32_t, save_keep, 2, "Keep the newest this many checkpoints in --save; 0 = keep all.");
+ABSL_FLAG(std::string, load, "",
+          "Resume from this checkpoint: a --save directory (its latest) or one iter_* directory "
+          "in it. Weights, optimizer state, step and data position; any parallel layout.");
+ABSL_FLAG(std::string, init_from_hf, "",
+          "Start from the weights of this Hugging Face Mixtral folder (config.json + "
+          "model.safetensors) instead of a random init; its config must match the model flags.");
+ABSL_FLAG(int64_t, exit_interval, 0,
+          "Stop (saving first, with --save) after the step divisible by this; 0 = never.");
+
+// Prometheus metrics (launcher/train_metrics.h); not Megatron-LM flags.
+ABSL_FLAG(int32_t, metrics_port, 0,
+          "Serve Prometheus metrics over HTTP: rank r on this port + r (rank 0 has the job's "
+          "series); 0 = off.");
+ABSL_FLAG(double, metrics_linger_s, 0.0,
+          "Keep serving metrics this many seconds after the last step, so that Prometheus "
+          "scrapes the final values.");
+ABSL_FLAG(double, mfu_peak_tflops, 0.0,
+          "Peak TFLOP/s of one rank's device, for the moe_train_mfu_ratio metric (e.g. 989 for "
+          "an H100's dense bf16); 0 = no MFU metric.");
+
 namespace moe {
 namespace {
 
@@ -132,6 +192,12 @@ const ModelFlag<int64_t> kModelIntFlags[] = {
      "choose 1 <= --moe_router_topk <= --num_experts"},
     {&FLAGS_vocab_size, &ModelConfig::vocab_size, "vocab_size",
      "use the tokenizer's size (257 for the byte tokenizer, 32000 for Mixtral's)"},
+    {&FLAGS_moe_router_topp_max_experts, &ModelConfig::moe_router_topp_max_experts,
+     "moe_router_topp_max_experts", "e.g. 4, or 0 for no cap"},
+    {&FLAGS_moe_router_num_groups, &ModelConfig::moe_router_num_groups, "moe_router_num_groups",
+     "choose a divisor of --num_experts, or 0 for no groups"},
+    {&FLAGS_moe_router_group_topk, &ModelConfig::moe_router_group_topk, "moe_router_group_topk",
+     "choose 1 <= it <= --moe_router_num_groups"},
     {&FLAGS_max_position_embeddings, &ModelConfig::max_position_embeddings,
      "max_position_embeddings", "set it >= --seq_length, or 0 for --seq_length"},
 };
@@ -142,6 +208,14 @@ const ModelFlag<double> kModelDoubleFlags[] = {
      "use 0 to turn it off (Megatron's Mixtral recipes use 1e-2)"},
     {&FLAGS_moe_z_loss_coeff, &ModelConfig::router_z_loss_coef, "router_z_loss_coef",
      "use 0 to turn it off (ST-MoE uses 1e-3)"},
+    {&FLAGS_moe_router_topp, &ModelConfig::moe_router_topp, "moe_router_topp",
+     "e.g. --moe_router_topp=0.4, or 0 for top-k routing"},
+    {&FLAGS_moe_router_topp_entropy_coeff, &ModelConfig::moe_router_topp_entropy_coeff,
+     "moe_router_topp_entropy_coeff", "e.g. 1e-4, or 0 for none"},
+    {&FLAGS_moe_router_bias_update_rate, &ModelConfig::moe_router_bias_update_rate,
+     "moe_router_bias_update_rate", "e.g. 1e-3"},
+    {&FLAGS_moe_expert_capacity_factor, &ModelConfig::moe_expert_capacity_factor,
+     "moe_expert_capacity_factor", "e.g. --moe_expert_capacity_factor=1.25, or 0 for dropless"},
     {&FLAGS_init_method_std, &ModelConfig::initializer_range, "initializer_range",
      "e.g. --init_method_std=0.02"},
 };
@@ -170,6 +244,16 @@ constexpr FieldName kOptimizerFields[] = {
     {"weight_decay", "weight_decay", "e.g. --weight_decay=0.1, or 0 for none"},
 };
 
+// Model config fields set by flags of the same name outside the tables above.
+constexpr FieldName kMoeFields[] = {
+    {"moe_router_load_balancing_type", "moe_router_load_balancing_type",
+     "use hf_aux_loss, aux_loss, seq_aux_loss, global_aux_loss or none"},
+    {"moe_router_score_function", "moe_router_score_function", "use softmax or sigmoid"},
+    {"moe_token_drop_policy", "moe_token_drop_policy", "use probs or position"},
+    {"moe_pad_expert_input_to_capacity", "moe_pad_expert_input_to_capacity",
+     "set --moe_expert_capacity_factor too, or drop the flag"},
+};
+
 std::vector<FieldName> AllFieldNames() {
   std::vector<FieldName> names;
   for (const auto& f : kModelIntFlags) {
@@ -179,6 +263,7 @@ std::vector<FieldName> AllFieldNames() {
     names.push_back({f.field_name, absl::GetFlagReflectionHandle(*f.flag).Name(), f.fix});
   }
   for (const FieldName& name : kOptimizerFields) names.push_back(name);
+  for (const FieldName& name : kMoeFields) names.push_back(name);
   return names;
 }
 
@@ -295,6 +380,19 @@ absl::Status ValidateTrainerOptions(const TrainerOptions& o) {
                                   "; e.g. --", flag, example));
     }
   }
+  for (auto [flag, value, example] :
+       {std::tuple{"save_interval", o.save_interval, "=1000, or 0 for no periodic saves"},
+        std::tuple{"save_keep", int64_t{o.save_keep}, "=2, or 0 to keep every checkpoint"},
+        std::tuple{"exit_interval", o.exit_interval, "=1000, or 0 to never stop early"}}) {
+    if (value < 0) {
+      return Invalid(
+          absl::StrCat("--", flag, " must be >= 0, got ", value, "; e.g. --", flag, example));
+    }
+  }
+  if (o.save_interval > 0 && o.save.empty()) {
+    return Invalid(absl::StrCat("--save_interval=", o.save_interval,
+                                " needs --save=DIR, the directory to save checkpoints in"));
+  }
   if (o.max_nonfinite_steps < 1) {
     return Invalid(
         absl::StrCat("max_nonfinite_steps must be positive, got ", o.max_nonfinite_steps));
@@ -309,6 +407,12 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   for (const auto& f : kModelIntFlags) c.*f.field = absl::GetFlag(*f.flag);
   for (const auto& f : kModelDoubleFlags) c.*f.field = absl::GetFlag(*f.flag);
   c.tie_word_embeddings = false;
+  c.moe_token_drop_policy = absl::GetFlag(FLAGS_moe_token_drop_policy);
+  c.moe_router_score_function = absl::GetFlag(FLAGS_moe_router_score_function);
+  c.moe_router_pre_softmax = absl::GetFlag(FLAGS_moe_router_pre_softmax);
+  c.moe_router_enable_expert_bias = absl::GetFlag(FLAGS_moe_router_enable_expert_bias);
+  c.moe_router_load_balancing_type = absl::GetFlag(FLAGS_moe_router_load_balancing_type);
+  c.moe_pad_expert_input_to_capacity = absl::GetFlag(FLAGS_moe_pad_expert_input_to_capacity);
   o.seq_length = absl::GetFlag(FLAGS_seq_length);
   // Defaults that follow other flags, as in Megatron-LM.
   if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
@@ -349,9 +453,17 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   o.parallel.etp = absl::GetFlag(FLAGS_expert_tensor_parallel_size);
   o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
   o.use_distributed_optimizer = absl::GetFlag(FLAGS_use_distributed_optimizer);
+  absl::StatusOr<DispatcherType> dispatcher =
+      ParseDispatcherType(absl::GetFlag(FLAGS_moe_token_dispatcher_type));
+  if (!dispatcher.ok()) return Invalid(std::string(dispatcher.status().message()));
+  o.moe_token_dispatcher_type = *dispatcher;
   o.ddp_bucket_size = absl::GetFlag(FLAGS_ddp_bucket_size);
   o.sim_network.latency_us = absl::GetFlag(FLAGS_sim_latency_us);
   o.sim_network.bandwidth_gb_per_s = absl::GetFlag(FLAGS_sim_bandwidth_gbps) / 8;  // Gbit/s -> GB/s
+  o.save = absl::GetFlag(FLAGS_save);
+  o.save_interval = absl::GetFlag(FLAGS_save_interval);
+  o.save_keep = absl::GetFlag(FLAGS_save_keep);
+  o.exit_interval = absl::GetFlag(FLAGS_exit_interval);
   if (absl::Status s = ValidateTrainerOptions(o); !s.ok()) return s;
 
   settings.threads = absl::GetFlag(FLAGS_threads);
@@ -361,6 +473,30 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   }
   settings.log_jsonl = absl::GetFlag(FLAGS_log_jsonl);
   settings.print_grid = absl::GetFlag(FLAGS_print_grid);
+  settings.load = absl::GetFlag(FLAGS_load);
+  settings.init_from_hf = absl::GetFlag(FLAGS_init_from_hf);
+  if (!settings.load.empty() && !settings.init_from_hf.empty()) {
+    return Invalid(
+        "--load and --init_from_hf both set; pass one: --load resumes a checkpoint (weights, "
+        "optimizer, step), --init_from_hf starts at step 0 from Hugging Face weights");
+  }
+  settings.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (settings.metrics_port < 0 || settings.metrics_port > 65535) {
+    return Invalid(
+        absl::StrCat("--metrics_port must be a TCP port (1-65535) or 0 for no metrics, "
+                     "got ",
+                     settings.metrics_port, "; e.g. --metrics_port=9400"));
+  }
+  settings.metrics_linger_s = absl::GetFlag(FLAGS_metrics_linger_s);
+  if (!(settings.metrics_linger_s >= 0)) {
+    return Invalid(
+        absl::StrCat("--metrics_linger_s must be >= 0 seconds, got ", settings.metrics_linger_s));
+  }
+  settings.mfu_peak_tflops = absl::GetFlag(FLAGS_mfu_peak_tflops);
+  if (!(settings.mfu_peak_tflops >= 0)) {
+    return Invalid(absl::StrCat("--mfu_peak_tflops must be >= 0 (0 = no MFU metric), got ",
+                                settings.mfu_peak_tflops));
+  }
   return settings;
 }
 

@@ -22,6 +22,15 @@ struct TrainSettings {
   int threads = 0;          // --threads: OpenMP threads; 0 = every core
   std::string log_jsonl;    // --log_jsonl: the step log; empty = none (written by rank 0)
   bool print_grid = false;  // --print_grid: print the rank grid and exit
+
+  // --load: the checkpoint to resume (launcher/checkpoint.h); empty = none.
+  std::string load;
+  // --init_from_hf: the Hugging Face weights to start from; empty = none.
+  std::string init_from_hf;
+
+  int metrics_port = 0;         // --metrics_port: rank r serves on it + r; 0 = no metrics
+  double metrics_linger_s = 0;  // --metrics_linger_s: keep serving after the last step
+  double mfu_peak_tflops = 0;   // --mfu_peak_tflops: per-rank peak for MFU; 0 = no MFU
 };
 
 // Reads the flags (after absl::ParseCommandLine), resolves the defaults that

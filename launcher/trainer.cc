@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/optim/grad_clip.h"
+#include "launcher/checkpoint.h"
 #include "parallel/local_communicator.h"
 
 namespace moe {
@@ -108,6 +110,21 @@ std::string Bytes(double n) {
 
 }  // namespace
 
+namespace {
+
+// This rank's group of `kind` (a collective Split over `world`).
+std::unique_ptr<Communicator> SplitGroup(Communicator* world, const RankGrid& grid,
+                                         GroupKind kind) {
+  const SplitColor color = grid.Color(kind, world->rank());
+  std::unique_ptr<Communicator> group = world->Split(color.color, color.key);
+  MOE_CHECK(group != nullptr && group->size() == grid.GroupSize(kind))
+      << "Trainer: the " << GroupKindName(kind) << " group has " << (group ? group->size() : 0)
+      << " ranks, the grid says " << grid.GroupSize(kind);
+  return group;
+}
+
+}  // namespace
+
 absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_size) {
   GridRequirements req;
   req.num_attention_heads = options.model.num_attention_heads;
@@ -124,11 +141,11 @@ absl::Status CheckParallelImplemented(const TrainerOptions& options) {
   for (auto [flag, size] :
        {std::pair{"--tensor_model_parallel_size", p.tp}, std::pair{"--context_parallel_size", p.cp},
         std::pair{"--pipeline_model_parallel_size", p.pp},
-        std::pair{"--expert_model_parallel_size", p.ep},
         std::pair{"--expert_tensor_parallel_size", p.etp}}) {
     if (size != 1) {
       return absl::UnimplementedError(absl::StrCat(
-          flag, "=", size, ": not implemented yet (issue 5/6); only data parallelism runs today: ",
+          flag, "=", size,
+          ": not implemented yet (issue 5/6); data and expert parallelism run today: ",
           "set it to 1 and every rank becomes a data-parallel rank (--print_grid shows the "
           "layout it would build)"));
     }
@@ -181,11 +198,20 @@ int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size) {
 //                       with h hidden, a heads, g query groups, d head dim,
 //                       E experts, k top-k, f expert ffn width. Scratch of
 //                       the layer being run is not included.
-std::string MemoryReport(const TrainerOptions& o, int64_t n, int dp_size) {
+std::string MemoryReport(const TrainerOptions& o, int64_t num_parameters, int dp_size) {
   const ModelConfig& c = o.model;
+  // The routed experts are split over EP and replicated over EDP = DP / EP;
+  // everything else is replicated over DP.
+  const double ep = std::max(1, o.parallel.ep);
   const double dp = dp_size;
+  const double edp = std::max(1.0, dp / ep);
+  const double experts = static_cast<double>(c.num_hidden_layers) *
+                         static_cast<double>(c.num_local_experts) * 3.0 *
+                         static_cast<double>(c.hidden_size * c.intermediate_size);
+  const double dense = static_cast<double>(num_parameters) - experts;
+  const double n = dense + experts / ep;  // held by one rank
   const double params = 4.0 * n;
-  const double chunk = std::ceil(n / dp);
+  const double chunk = std::ceil(dense / dp) + std::ceil(experts / ep / edp);
   const bool buckets = dp_size > 1 || o.use_distributed_optimizer;
   const double grads =
       4.0 * n + (buckets ? 4.0 * n : 0.0) + (o.use_distributed_optimizer ? 4.0 * chunk : 0.0);
@@ -263,24 +289,38 @@ Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<
       grid_(std::move(grid)),
       owned_world_(std::move(owned_world)),
       world_(world),
-      model_(options.model),
+      dp_(SplitGroup(world_, grid_, GroupKind::kDp)),
+      ep_(grid_.sizes().ep > 1 ? SplitGroup(world_, grid_, GroupKind::kEp) : nullptr),
+      edp_(grid_.sizes().ep > 1 ? SplitGroup(world_, grid_, GroupKind::kEdp) : nullptr),
+      model_(
+          options.model, DType::kF32, Device::kCpu,
+          ModelParallel{
+              .ep = ep_.get(), .dp = dp_.get(), .dispatcher = options.moe_token_dispatcher_type}),
       schedule_(options.lr) {
-  const SplitColor dp_color = grid_.Color(GroupKind::kDp, world_->rank());
-  dp_ = world_->Split(dp_color.color, dp_color.key);
-  MOE_CHECK(dp_ != nullptr && dp_->size() == grid_.dp())
-      << "Trainer: the data-parallel group has " << (dp_ ? dp_->size() : 0)
-      << " ranks, the grid says " << grid_.dp();
   // The optimizers copy the weights (masters) when built: initialise first.
   model_.InitializeWeights(options.seed);
   const int64_t bucket_bytes = 4 * ResolvedBucketElements(options, dp_->size());
+  // With EP > 1 the experts form their own group, reduced over EDP.
+  const std::vector<Parameter*> dense =
+      ep_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
+  const std::vector<Parameter*> experts =
+      ep_ != nullptr ? model_.ExpertParameters() : std::vector<Parameter*>{};
   if (options.use_distributed_optimizer) {
-    dist_optimizer_ = std::make_unique<DistributedOptimizer>(model_.Parameters(), dp_.get(),
-                                                             options.adam, bucket_bytes);
+    dist_optimizer_ =
+        std::make_unique<DistributedOptimizer>(dense, dp_.get(), options.adam, bucket_bytes);
+    if (!experts.empty()) {
+      expert_dist_optimizer_ =
+          std::make_unique<DistributedOptimizer>(experts, edp_.get(), options.adam, bucket_bytes);
+    }
   } else {
     optimizer_ = std::make_unique<AdamW>(model_.Parameters(), options.adam);
     if (dp_->size() > 1) {
-      buckets_ = std::make_unique<GradBuckets>(model_.Parameters(), dp_.get(), bucket_bytes,
+      buckets_ = std::make_unique<GradBuckets>(dense, dp_.get(), bucket_bytes,
                                                GradBuckets::Mode::kAllReduce);
+    }
+    if (!experts.empty() && edp_->size() > 1) {
+      expert_buckets_ = std::make_unique<GradBuckets>(experts, edp_.get(), bucket_bytes,
+                                                      GradBuckets::Mode::kAllReduce);
     }
   }
 }
@@ -292,13 +332,16 @@ void Trainer::SumOverDp(std::vector<double>* values) const {
   std::copy(t.data<double>(), t.data<double>() + values->size(), values->begin());
 }
 
-absl::Status Trainer::CheckReplicasAgree() {
-  // Initialisation is keyed by (seed, name, element index), so every rank
-  // draws the same weights with no broadcast; this checks it. A weighted sum
-  // also catches weights that are permuted or belong to another parameter.
+namespace {
+
+// Fails unless every rank of `group` holds the same values of `params`. A
+// weighted sum also catches weights that are permuted or belong to another
+// parameter.
+absl::Status CheckSameOverGroup(const std::vector<Parameter*>& params, Communicator* group,
+                                const char* what) {
   double checksum = 0;
   int64_t p = 0;
-  for (Parameter* param : model_.Parameters()) {
+  for (Parameter* param : params) {
     const float* x = param->value.data<float>();
     for (int64_t i = 0; i < param->value.numel(); ++i) {
       checksum += static_cast<double>(x[i]) * static_cast<double>(1 + (i + 31 * p) % 97);
@@ -308,37 +351,64 @@ absl::Status Trainer::CheckReplicasAgree() {
   Tensor extremes = Tensor::Empty({2}, DType::kF64);
   extremes.data<double>()[0] = checksum;
   extremes.data<double>()[1] = -checksum;
-  world_->AllReduceSync(extremes, ReduceOp::kMax);
+  group->AllReduceSync(extremes, ReduceOp::kMax);
   const double max = extremes.data<double>()[0];
   const double min = -extremes.data<double>()[1];
   if (max != min) {
     return absl::InternalError(absl::StrFormat(
-        "the initial weights differ between ranks (checksum %.17g here, between %.17g and %.17g "
-        "over the %d ranks); every rank must run the same binary with the same --seed and "
+        "the initial %s differ between ranks (checksum %.17g here, between %.17g and %.17g "
+        "over %d ranks); every rank must run the same binary with the same --seed and "
         "model flags",
-        checksum, min, max, world_->size()));
+        what, checksum, min, max, group->size()));
   }
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::Status Trainer::CheckReplicasAgree() {
+  // Initialisation is keyed by (seed, name, element index), so every rank
+  // draws the same weights with no broadcast; this checks it: the
+  // non-expert weights over all ranks, each expert over its EDP replicas.
+  if (ep_ == nullptr) return CheckSameOverGroup(model_.Parameters(), world_, "weights");
+  if (absl::Status s = CheckSameOverGroup(model_.NonExpertParameters(), world_, "weights");
+      !s.ok()) {
+    return s;
+  }
+  return CheckSameOverGroup(model_.ExpertParameters(), edp_.get(), "expert weights");
+}
+
 double Trainer::ReduceAndClip() {
-  double squared_norm = 0;
+  // Each rank sums the squares of the reduced gradient elements it owns (its
+  // chunks when a group is sharded or bucketed over its replicas, else all
+  // of them); summed over the world, every element counts once.
+  double owned_squares = 0;
   std::vector<Parameter*> owned;  // the grads this rank clips
   if (dist_optimizer_ != nullptr) {
-    dist_optimizer_->ReduceGradients();
-    squared_norm = dist_optimizer_->SquaredGradNorm();
-    owned = dist_optimizer_->shard_params();
-  } else if (buckets_ != nullptr) {
-    // Every rank holds the whole summed gradient; each sums the squares of
-    // its own chunks only, so every element is counted once.
-    buckets_->Reduce();
-    std::vector<double> sq = {buckets_->OwnedSquaredNorm()};
-    SumOverDp(&sq);
-    squared_norm = sq[0];
-    owned = optimizer_->params();
+    for (DistributedOptimizer* dist : {dist_optimizer_.get(), expert_dist_optimizer_.get()}) {
+      if (dist == nullptr) continue;
+      dist->ReduceGradients();
+      owned_squares += dist->OwnedSquaredGradNorm();
+      for (Parameter* p : dist->shard_params()) owned.push_back(p);
+    }
   } else {
+    const std::vector<Parameter*> dense =
+        ep_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
+    owned_squares += buckets_ != nullptr ? (buckets_->Reduce(), buckets_->OwnedSquaredNorm())
+                                         : GradSquaredNorm(dense);
+    if (ep_ != nullptr) {
+      owned_squares += expert_buckets_ != nullptr
+                           ? (expert_buckets_->Reduce(), expert_buckets_->OwnedSquaredNorm())
+                           : GradSquaredNorm(model_.ExpertParameters());
+    }
     owned = optimizer_->params();
-    squared_norm = GradSquaredNorm(owned);
+  }
+  double squared_norm = owned_squares;
+  if (world_->size() > 1) {
+    Tensor sum = Tensor::Empty({1}, DType::kF64);
+    sum.data<double>()[0] = owned_squares;
+    world_->AllReduceSync(sum, ReduceOp::kSum);
+    squared_norm = sum.data<double>()[0];
   }
   return options_.clip_grad > 0 ? ClipGradNorm(owned, options_.clip_grad, squared_norm)
                                 : std::sqrt(squared_norm);
@@ -347,6 +417,7 @@ double Trainer::ReduceAndClip() {
 void Trainer::ApplyUpdate(double lr) {
   if (dist_optimizer_ != nullptr) {
     dist_optimizer_->Step(lr);
+    if (expert_dist_optimizer_ != nullptr) expert_dist_optimizer_->Step(lr);
   } else {
     optimizer_->Step(lr);
   }
@@ -355,6 +426,7 @@ void Trainer::ApplyUpdate(double lr) {
 void Trainer::ZeroGrads() {
   if (dist_optimizer_ != nullptr) {
     dist_optimizer_->ZeroGrad();
+    if (expert_dist_optimizer_ != nullptr) expert_dist_optimizer_->ZeroGrad();
   } else {
     for (Parameter* p : optimizer_->params()) p->grad.SetZero();
   }
@@ -387,10 +459,15 @@ std::string Trainer::Summary() const {
       o.lr.max_lr, o.lr.min_lr, LrDecayStyleName(o.lr.decay_style), o.lr.warmup_iters,
       o.lr.decay_iters, o.adam.beta1, o.adam.beta2, o.adam.eps, o.adam.weight_decay, o.clip_grad,
       c.router_aux_loss_coef, c.router_z_loss_coef, o.seed);
+  const std::string experts =
+      ep_ == nullptr ? std::string("EP 1")
+                     : absl::StrFormat("experts on EP %d x EDP %d (%d per rank, %s dispatcher)",
+                                       ep_->size(), edp_->size(), c.num_local_experts / ep_->size(),
+                                       DispatcherTypeName(o.moe_token_dispatcher_type));
   absl::StrAppendFormat(&s,
-                        "parallel  %d ranks: DP %d (TP, CP, PP, EP, ETP 1) | %d micro-batches "
+                        "parallel  %d ranks: DP %d (TP, CP, PP, ETP 1) | %s | %d micro-batches "
                         "per DP rank | %s optimizer | gradient buckets of %d elements\n",
-                        world_->size(), dp_->size(),
+                        world_->size(), dp_->size(), experts,
                         o.global_batch_size / o.micro_batch_size / dp_->size(),
                         o.use_distributed_optimizer ? "distributed (ZeRO-1)" : "replicated",
                         ResolvedBucketElements(o, dp_->size()));
@@ -480,31 +557,54 @@ absl::StatusOr<StepStats> Trainer::Step() {
   scales.aux = 1.0 / static_cast<double>(num_micro);
   scales.z = scales.aux;
 
-  double lm_sum = 0;
-  double aux_sum = 0;
-  double z_sum = 0;
+  const int64_t layers = options_.model.num_hidden_layers;
+  const int64_t experts = options_.model.num_local_experts;
+  // One all-reduce over DP at the end: the three losses, then per layer the
+  // received, dropped and routed counts of every expert and the entropy sum.
+  enum { kLm, kAux, kZ, kEntropy, kScalars };
+  const int64_t per_layer = 3 * experts + 1;
+  std::vector<double> sums(kScalars + layers * per_layer, 0.0);
+  model_.StartGlobalBatch();
   for (int64_t m = 0; m < num_local_micro; ++m) {
     Tensor ids;
     Tensor labels;
     MicroBatch(m, &ids, &labels);
     const Losses losses = model_.ForwardBackward(ids, labels, scales);
-    lm_sum += losses.lm_loss_sum;
-    aux_sum += losses.aux_loss;
-    z_sum += losses.z_loss;
+    sums[kLm] += losses.lm_loss_sum;
+    sums[kAux] += losses.aux_loss;
+    sums[kZ] += losses.z_loss;
+    sums[kEntropy] += losses.entropy_loss;
+    for (int64_t i = 0; i < layers; ++i) {
+      double* layer = sums.data() + kScalars + i * per_layer;
+      for (int64_t e = 0; e < experts; ++e) {
+        layer[e] += losses.expert_tokens[i][e];
+        layer[experts + e] += losses.expert_dropped[i][e];
+        layer[2 * experts + e] += losses.expert_routed[i][e];
+      }
+      layer[3 * experts] += losses.router_entropy[i];
+    }
   }
-  if (dp_->size() > 1) {
-    std::vector<double> sums = {lm_sum, aux_sum, z_sum};
-    SumOverDp(&sums);
-    lm_sum = sums[0];
-    aux_sum = sums[1];
-    z_sum = sums[2];
-  }
+  if (dp_->size() > 1) SumOverDp(&sums);
   stats.tokens = global_tokens;
-  stats.lm_loss = lm_sum * scales.lm;
-  stats.aux_loss = aux_sum * scales.aux;
-  stats.z_loss = z_sum * scales.z;
-  stats.loss = stats.lm_loss + options_.model.router_aux_loss_coef * stats.aux_loss +
-               options_.model.router_z_loss_coef * stats.z_loss;
+  stats.lm_loss = sums[kLm] * scales.lm;
+  stats.aux_loss = sums[kAux] * scales.aux;
+  stats.z_loss = sums[kZ] * scales.z;
+  stats.entropy_loss = sums[kEntropy] * scales.aux;
+  const ModelConfig& c = options_.model;
+  stats.loss = stats.lm_loss + c.router_aux_loss_coef * stats.aux_loss +
+               c.router_z_loss_coef * stats.z_loss +
+               c.moe_router_topp_entropy_coeff * stats.entropy_loss;
+  std::vector<std::vector<double>> routed(layers);
+  for (int64_t i = 0; i < layers; ++i) {
+    const double* layer = sums.data() + kScalars + i * per_layer;
+    stats.expert_tokens.emplace_back(layer, layer + experts);
+    stats.expert_dropped.emplace_back(layer + experts, layer + 2 * experts);
+    routed[i].assign(layer + 2 * experts, layer + 3 * experts);
+    stats.router_entropy.push_back(layer[3 * experts] / static_cast<double>(num_micro));
+    const double total = std::accumulate(layer, layer + experts, 0.0);
+    const double max = *std::max_element(layer, layer + experts);
+    stats.load_balance.push_back(total > 0 ? max / (total / static_cast<double>(experts)) : 0.0);
+  }
 
   // The norm is the same on every rank, so all ranks skip or step together.
   stats.grad_norm = ReduceAndClip();
@@ -514,6 +614,11 @@ absl::StatusOr<StepStats> Trainer::Step() {
       schedule_.At(dist_optimizer_ != nullptr ? dist_optimizer_->step() : optimizer_->step());
   if (std::isfinite(stats.grad_norm)) {
     ApplyUpdate(stats.lr);
+    // Aux-loss-free balancing: once per global batch, from every rank's
+    // routed counts, so every replica moves its bias identically.
+    if (c.moe_router_enable_expert_bias) {
+      model_.UpdateExpertBias(routed, c.moe_router_bias_update_rate);
+    }
     consecutive_nonfinite_ = 0;
   } else {
     ZeroGrads();
@@ -559,7 +664,7 @@ absl::StatusOr<double> Trainer::Evaluate() {
 
 absl::Status Trainer::Train(StepLog* log, std::ostream* out) {
   const bool show_z = options_.model.router_z_loss_coef > 0;
-  const int64_t last = step_ + options_.train_iters;
+  const int64_t last = options_.train_iters;
   while (step_ < last) {
     absl::StatusOr<StepStats> stats = Step();
     if (!stats.ok()) return stats.status();
@@ -586,6 +691,34 @@ absl::Status Trainer::Train(StepLog* log, std::ostream* out) {
           "step ", stats->step, ": the gradient norm was not finite for ", consecutive_nonfinite_,
           " steps in a row; training diverged. Lower --lr, raise --lr_warmup_iters or set "
           "--clip_grad"));
+    }
+    // Every rank stops at the same step, even if a signal reached only some.
+    bool stop = false;
+    if (stop_ != nullptr) {
+      Tensor flag = Tensor::Empty({1}, DType::kI32);
+      flag.data<int32_t>()[0] = stop_->load() ? 1 : 0;
+      world_->AllReduceSync(flag, ReduceOp::kMax);
+      stop = flag.data<int32_t>()[0] != 0;
+    }
+    const bool exit_now =
+        stop || (options_.exit_interval > 0 && step_ % options_.exit_interval == 0);
+    if (!options_.save.empty() &&
+        ((options_.save_interval > 0 && step_ % options_.save_interval == 0) || exit_now ||
+         step_ == last)) {
+      absl::StatusOr<CheckpointSaveInfo> saved =
+          SaveCheckpoint(*this, options_.save, options_.save_keep);
+      if (!saved.ok()) return saved.status();
+      if (on_checkpoint_) on_checkpoint_(saved->seconds);
+      if (out != nullptr) *out << FormatSaveLine(*saved) << std::endl;
+    }
+    if (exit_now && step_ < last) {
+      stopped_early_ = true;
+      if (out != nullptr) {
+        *out << "moe-train: stopping after step " << step_ << " of " << last << " ("
+             << (stop ? "a stop was requested: SIGTERM or SIGINT" : "--exit_interval") << ")"
+             << (options_.save.empty() ? "; no checkpoint (no --save)" : "") << std::endl;
+      }
+      return absl::OkStatus();
     }
   }
   return absl::OkStatus();

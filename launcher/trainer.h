@@ -39,11 +39,14 @@
 #ifndef MOE_LAUNCHER_TRAINER_H_
 #define MOE_LAUNCHER_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,12 +88,21 @@ struct TrainerOptions {
   ParallelSizes parallel;
   bool sequence_parallel = false;
   bool use_distributed_optimizer = false;
+  DispatcherType moe_token_dispatcher_type = DispatcherType::kAllToAll;
   int64_t ddp_bucket_size = 0;  // elements per gradient bucket; 0 = max(4e7, 1e6 * DP) (Megatron)
   // --sim_latency_us and --sim_bandwidth_gbps (converted from Gbit/s to the
   // struct's GB/s). When either is > 0, Create wraps the world communicator,
   // and so every group split from it, in a SimulatedNetwork: timing changes,
   // results do not.
   SimulatedNetworkOptions sim_network;
+  // Checkpoints (launcher/checkpoint.h). With `save` set, Train() saves to
+  // it every save_interval steps (0: never periodically), after the last
+  // step, and when it stops early (exit_interval or a stop request),
+  // keeping the newest save_keep iterations (0: all).
+  std::string save;
+  int64_t save_interval = 0;
+  int save_keep = 2;
+  int64_t exit_interval = 0;  // stop after a step divisible by this (Megatron's); 0: never
 };
 
 // Whether `options` asks for a simulated network, and its model in words.
@@ -144,10 +156,45 @@ class Trainer {
   // batches of the validation set. Requires has_validation().
   absl::StatusOr<double> Evaluate();
 
-  // train_iters steps from the current one: each step goes to `log` (may be
-  // null), every log_interval-th step and every validation to `out` (may be
-  // null). Validation runs every eval_interval steps and after the last step.
+  // Steps until step() reaches train_iters (Megatron's total, so a resumed
+  // run continues to the same end): each step goes to `log` (may be null),
+  // every log_interval-th step and every validation to `out` (may be null).
+  // Validation runs every eval_interval steps and after the last step.
+  // Checkpoints as TrainerOptions::save says. After every step the ranks
+  // agree (one all-reduce) whether any saw the stop flag; if so, or at an
+  // exit_interval step, they save (with --save) and return OK early.
   absl::Status Train(StepLog* log, std::ostream* out);
+
+  // A flag that a signal handler may set (moe-train's SIGTERM/SIGINT); must
+  // outlive Train(). Null: never stop early.
+  void SetStopFlag(const std::atomic<bool>* stop) { stop_ = stop; }
+  bool stopped_early() const { return stopped_early_; }
+  // Called on every rank after each checkpoint save with its wall time.
+  void SetCheckpointCallback(std::function<void(double seconds)> callback) {
+    on_checkpoint_ = std::move(callback);
+  }
+
+  // For checkpoints (launcher/checkpoint.cc). Exactly one of optimizer()
+  // (replicated AdamW) and distributed_optimizer() is non-null.
+  Communicator* world() const { return world_; }
+  Communicator* dp() const { return dp_.get(); }
+  AdamW* optimizer() { return optimizer_.get(); }
+  DistributedOptimizer* distributed_optimizer() { return dist_optimizer_.get(); }
+  // With EP > 1 and the distributed optimizer: the experts' (sharded over
+  // EDP); null otherwise.
+  DistributedOptimizer* expert_distributed_optimizer() { return expert_dist_optimizer_.get(); }
+  Communicator* ep() const { return ep_.get(); }
+  Communicator* edp() const { return edp_.get(); }
+  // Completed updates: the LR schedule's position (skipped steps excluded).
+  int64_t optimizer_step() const {
+    return dist_optimizer_ != nullptr ? dist_optimizer_->step() : optimizer_->step();
+  }
+  // Sets the step counters of a loaded checkpoint (the optimizer's step is
+  // restored with its state).
+  void RestoreProgress(int64_t step, int consecutive_nonfinite) {
+    step_ = step;
+    consecutive_nonfinite_ = consecutive_nonfinite;
+  }
 
   const TrainerOptions& options() const { return options_; }
   const RankGrid& grid() const { return grid_; }
@@ -187,16 +234,27 @@ class Trainer {
   // When Create was given none, or the SimulatedNetwork wrapping `world`.
   std::unique_ptr<Communicator> owned_world_;
   Communicator* world_;
-  std::unique_ptr<Communicator> dp_;  // the data-parallel group
+  std::unique_ptr<Communicator> dp_;   // the data-parallel group
+  std::unique_ptr<Communicator> ep_;   // expert parallel (null when EP = 1)
+  std::unique_ptr<Communicator> edp_;  // expert data parallel (null when EP = 1)
   Model model_;
-  // Replicated AdamW (plus buckets_ when DP > 1), or the distributed optimizer.
+  // Replicated AdamW over every local parameter, with buckets_ reducing
+  // grads over DP when DP > 1; or the distributed optimizer over DP. With
+  // EP > 1 the experts' grads are reduced over EDP instead, by
+  // expert_buckets_ or expert_dist_optimizer_, and buckets_ /
+  // dist_optimizer_ hold the non-expert parameters only.
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<GradBuckets> buckets_;
+  std::unique_ptr<GradBuckets> expert_buckets_;
   std::unique_ptr<DistributedOptimizer> dist_optimizer_;
+  std::unique_ptr<DistributedOptimizer> expert_dist_optimizer_;
   LrSchedule schedule_;
   int64_t step_ = 0;
   int consecutive_nonfinite_ = 0;
   std::vector<int32_t> sample_buffer_;
+  const std::atomic<bool>* stop_ = nullptr;
+  bool stopped_early_ = false;
+  std::function<void(double)> on_checkpoint_;
 };
 
 }  // namespace moe

@@ -227,11 +227,11 @@ Json ModelConfig::ToHfJson() const {
   j.Set("num_local_experts", num_local_experts);
   j.Set("num_experts_per_tok", num_experts_per_tok);
   j.Set("max_position_embeddings", max_position_embeddings);
-  j.Set("rope_theta", rope_theta);
-  j.Set("rms_norm_eps", rms_norm_eps);
-  j.Set("router_aux_loss_coef", router_aux_loss_coef);
-  j.Set("router_z_loss_coef", router_z_loss_coef);
-  j.Set("initializer_range", initializer_range);
+  j.Set("rope_theta", Json::Real(rope_theta));
+  j.Set("rms_norm_eps", Json::Real(rms_norm_eps));
+  j.Set("router_aux_loss_coef", Json::Real(router_aux_loss_coef));
+  j.Set("router_z_loss_coef", Json::Real(router_z_loss_coef));
+  j.Set("initializer_range", Json::Real(initializer_range));
   j.Set("tie_word_embeddings", tie_word_embeddings);
   j.Set("hidden_act", "silu");
   j.Set("sliding_window", Json());

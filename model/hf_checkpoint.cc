@@ -40,6 +40,22 @@ std::string Quoted(std::string_view s) {
 // they are derived from rope_theta, so we accept and ignore them.
 bool IsRotaryBuffer(std::string_view name) { return name.ends_with("rotary_emb.inv_freq"); }
 
+// Every routed expert weight of a model of `config`: under expert
+// parallelism a rank holds only some of them, and the file's others are
+// expected, not foreign.
+std::set<std::string> AllExpertWeights(const ModelConfig& config) {
+  std::set<std::string> names;
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    for (int64_t e = 0; e < config.num_local_experts; ++e) {
+      for (const char* w : {"w1", "w2", "w3"}) {
+        names.insert(
+            absl::StrCat("model.layers.", i, ".block_sparse_moe.experts.", e, ".", w, ".weight"));
+      }
+    }
+  }
+  return names;
+}
+
 // "model-00001-of-00003.safetensors" (any digit count), as transformers names shards.
 bool IsShardFileName(std::string_view name) {
   constexpr std::string_view kPrefix = "model-", kSuffix = ".safetensors";
@@ -168,8 +184,8 @@ bool IsLoadableDType(const SafetensorsEntry& entry) {
 
 // Checks that the stored tensors and the model's parameters correspond one to
 // one, with loadable dtypes and matching shapes, before anything is read.
-absl::Status CheckCorrespondence(const StoredWeights& stored,
-                                 const std::vector<Parameter*>& params) {
+absl::Status CheckCorrespondence(const StoredWeights& stored, const std::vector<Parameter*>& params,
+                                 const std::set<std::string>& held_elsewhere) {
   std::vector<std::string> missing;
   std::set<std::string_view> wanted;
   for (const Parameter* p : params) {
@@ -185,7 +201,9 @@ absl::Status CheckCorrespondence(const StoredWeights& stored,
   }
   std::vector<std::string> unexpected;
   for (const auto& [name, file] : stored.location) {
-    if (!wanted.contains(name) && !IsRotaryBuffer(name)) unexpected.push_back(name);
+    if (!wanted.contains(name) && !IsRotaryBuffer(name) && !held_elsewhere.contains(name)) {
+      unexpected.push_back(name);
+    }
   }
   if (!unexpected.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -259,7 +277,10 @@ absl::Status LoadHfWeights(const std::string& dir, Model* model) {
   absl::StatusOr<StoredWeights> stored = OpenStoredWeights(dir);
   if (!stored.ok()) return stored.status();
   const std::vector<Parameter*> params = model->Parameters();
-  if (absl::Status s = CheckCorrespondence(*stored, params); !s.ok()) return s;
+  if (absl::Status s = CheckCorrespondence(*stored, params, AllExpertWeights(model->config()));
+      !s.ok()) {
+    return s;
+  }
   for (Parameter* p : params) {
     const SafetensorsFile& file = stored->files[stored->location.at(p->name)];
     if (absl::Status s = LoadParameter(file, p); !s.ok()) return s;

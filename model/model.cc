@@ -83,6 +83,16 @@ std::vector<Parameter*> Model::Parameters() {
   return params;
 }
 
+std::vector<Model::Buffer> Model::Buffers() {
+  std::vector<Buffer> buffers;
+  if (!config_.moe_router_enable_expert_bias) return buffers;
+  for (TransformerBlock& layer : layers_) {
+    Router& router = layer.block_sparse_moe().router();
+    buffers.push_back({router.expert_bias_name(), &router.expert_bias()});
+  }
+  return buffers;
+}
+
 std::vector<Parameter*> Model::ExpertParameters() {
   std::vector<Parameter*> params;
   for (Parameter* p : Parameters()) {

@@ -102,6 +102,14 @@ class Model {
   std::vector<Parameter*> ExpertParameters();
   std::vector<Parameter*> NonExpertParameters();
   Parameter* FindParameter(std::string_view hf_name);  // nullptr if absent
+  // State that is not trained by the optimizer but belongs in a checkpoint:
+  // each MoE router's expert bias (--moe_router_enable_expert_bias), named
+  // "<router>.expert_bias". Replicated on every rank. Empty when none.
+  struct Buffer {
+    std::string name;
+    Tensor* value;
+  };
+  std::vector<Buffer> Buffers();
   int64_t NumParameters() const;  // total elements of the whole model (all ranks' experts)
   // Per token: every expert's weights counted top_k / num_experts times (for
   // FLOP counts); everything else, embedding included, once.

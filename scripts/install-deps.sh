@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently:
 #   - Debian packages (compilers, OpenMPI, Abseil, GoogleTest, Google Benchmark,
-#     prometheus-cpp, OpenBLAS),
+#     prometheus-cpp, OpenBLAS; and the real services the end-to-end tests
+#     start: a Prometheus server, Slurm and munge),
 #   - a Python virtualenv for the reference checks (torch on the CPU,
 #     transformers, safetensors, numpy), kept outside the clone so that later
 #     runs reuse it.
@@ -30,6 +31,7 @@ DEB_PACKAGES=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   prometheus-cpp-dev
+  prometheus slurm-wlm munge
   libopenblas-dev libopenblas-openmp-dev
   python3 python3-venv python3-pip
   clang-format

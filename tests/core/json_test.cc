@@ -245,3 +245,24 @@ TEST(JsonDeathTest, TypeMismatchIsAProgrammingError) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(JsonTest, RealIsAlwaysWrittenAsAReal) {
+  Json j = Json::MakeObject();
+  j.Set("zero", Json::Real(0.0));
+  j.Set("big", Json::Real(1e6));
+  j.Set("third", Json::Real(1.0 / 3));
+  j.Set("huge", Json::Real(1e300));
+  j.Set("int", 3.0);
+  EXPECT_EQ(j.Dump(),
+            R"({"zero":0.0,"big":1000000.0,"third":0.3333333333333333,"huge":1e+300,"int":3})");
+  // It reads back as the same number.
+  absl::StatusOr<Json> back = ParseJson(j.Dump(), "test");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->Find("big")->as_double(), 1e6);
+}
+
+}  // namespace
+}  // namespace moe

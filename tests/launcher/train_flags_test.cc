@@ -126,11 +126,20 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
       {"--eval_iters=0", "--eval_iters must be positive, got 0"},
       {"--log_interval=-1", "--log_interval must be positive, got -1"},
       {"--threads=-1", "--threads must be >= 0, got -1"},
-      // Parallel layout: only data parallelism runs today, nothing is ignored.
+      // Parallel layout: what does not run yet is refused, nothing is ignored.
       {"--tensor_model_parallel_size=2",
        "--tensor_model_parallel_size=2: not implemented yet (issue 5/6)"},
-      {"--expert_model_parallel_size=2",
-       "--expert_model_parallel_size=2: not implemented yet (issue 5/6)"},
+      // Expert parallelism runs, but one rank cannot hold an EP group of 2.
+      {"--expert_model_parallel_size=2", "ETP*EP = 1*2 = 2 does not divide TP*CP*DP = 1*1*1 = 1"},
+      {"--expert_tensor_parallel_size=2",
+       "--expert_tensor_parallel_size=2: not implemented yet (issue 5/6)"},
+      {"--moe_token_dispatcher_type=ring", "expected alltoall or allgather"},
+      {"--moe_expert_capacity_factor=-1", "--moe_expert_capacity_factor must be > 0"},
+      {"--moe_token_drop_policy=random", "--moe_token_drop_policy must be probs or position"},
+      {"--moe_pad_expert_input_to_capacity", "--moe_pad_expert_input_to_capacity needs a capacity"},
+      {"--moe_router_load_balancing_type=sinkhorn", "--moe_router_load_balancing_type must be"},
+      {"--moe_router_score_function=relu", "relu"},
+      {"--moe_router_topp=1.5", "--moe_router_topp"},
       {"--pipeline_model_parallel_size=0", "--pipeline_model_parallel_size must be positive"},
       {"--sequence_parallel", "--sequence_parallel: not implemented yet (issue 5/6)"},
       {"--ddp_bucket_size=-1", "--ddp_bucket_size must be >= 0, got -1"},

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,8 @@ struct Variant {
   const char* name;
   RouterOptions options;
 };
+// Keeps CTest's test names readable (the default prints the bytes).
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.name; }
 
 RouterOptions Options(int64_t top_k, ScoreFunction f = ScoreFunction::kSoftmax) {
   RouterOptions o;
@@ -111,6 +114,7 @@ double Error(const Tensor& analytic, const Tensor& numerical, const std::vector<
 }
 
 enum class Term { kWeights, kHfAux, kSwitchAux, kSeqAux, kGlobalAux, kZ, kEntropy, kAll };
+void PrintTo(Term t, std::ostream* os) { *os << static_cast<int>(t); }
 constexpr Term kTerms[] = {Term::kWeights,   Term::kHfAux, Term::kSwitchAux, Term::kSeqAux,
                            Term::kGlobalAux, Term::kZ,     Term::kEntropy,   Term::kAll};
 

@@ -5,8 +5,13 @@
 // each step's loss, LM loss, aux loss and gradient norm, read from the
 // --log_jsonl file, must equal the plain 1-rank run's within 1e-5 relative.
 //
-// The harness is one table: a later issue adds its layouts (TP, SP, EP, PP,
-// CP sizes) as rows with the flags that select them. Small gradient buckets
+// The harness is one table: each issue adds its layouts (TP, SP, EP, PP, CP
+// sizes) as rows with the flags that select them. Rows whose `math` flags
+// change the model (expert capacity) compare against the 1-rank run with the
+// same math flags: the first row of the table with ranks = 0 and those
+// flags. Capacity drops on each rank's local tokens of one micro-batch, and
+// every layout runs the same micro-batches as one rank (launcher/trainer.h),
+// so that 1-rank run is exactly "the same local batches on one rank". Small gradient buckets
 // (--ddp_bucket_size=1000) make many buckets whose chunks cut through
 // parameters. Runs with 8 ranks oversubscribe the machine (OMP_NUM_THREADS=1
 // and --threads=1 keep it to one thread per rank).
@@ -17,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -31,7 +37,23 @@ struct Layout {
   const char* name;
   int ranks;  // 0: no mpirun at all (the reference)
   const char* flags;
+  const char* math = "";  // flags that change the model; rows compare within equal `math`
 };
+
+constexpr const char* kCapacity = "--moe_expert_capacity_factor=1.0";
+constexpr const char* kCapacityPosition =
+    "--moe_expert_capacity_factor=0.75 --moe_token_drop_policy=position";
+constexpr const char* kCapacityPad =
+    "--moe_expert_capacity_factor=1.0 --moe_pad_expert_input_to_capacity";
+// The router family: top-p with its entropy loss; sigmoid scores with
+// group-limited routing, Megatron's per-layer aux loss and the expert bias
+// (updated every step from all ranks' counts); the sequence-level aux loss.
+constexpr const char* kTopP = "--moe_router_topp=0.6 --moe_router_topp_entropy_coeff=1e-2";
+constexpr const char* kSigmoid =
+    "--moe_router_score_function=sigmoid --moe_router_num_groups=2 --moe_router_group_topk=1 "
+    "--moe_router_load_balancing_type=aux_loss --moe_router_enable_expert_bias "
+    "--moe_router_bias_update_rate=1e-2";
+constexpr const char* kSeqAux = "--moe_router_load_balancing_type=seq_aux_loss";
 
 const Layout kLayouts[] = {
     {"dp1_plain", 0, ""},
@@ -45,6 +67,37 @@ const Layout kLayouts[] = {
     {"dp4_distopt", 4, "--use_distributed_optimizer"},
     {"dp8", 8, ""},
     {"dp8_distopt", 8, "--use_distributed_optimizer"},
+    // Expert parallelism folded over the data-parallel ranks (issue 6):
+    // EP x EDP = DP, both dispatchers.
+    {"ep2", 2, "--expert_model_parallel_size=2"},
+    {"ep2_allgather", 2, "--expert_model_parallel_size=2 --moe_token_dispatcher_type=allgather"},
+    {"ep2_edp2", 4, "--expert_model_parallel_size=2"},
+    {"ep2_edp2_distopt", 4, "--expert_model_parallel_size=2 --use_distributed_optimizer"},
+    {"ep4", 4, "--expert_model_parallel_size=4"},
+    {"ep4_allgather", 4, "--expert_model_parallel_size=4 --moe_token_dispatcher_type=allgather"},
+    {"ep4_distopt", 4, "--expert_model_parallel_size=4 --use_distributed_optimizer"},
+    {"ep2_simnet", 2, "--expert_model_parallel_size=2 --sim_latency_us=10 --sim_bandwidth_gbps=10"},
+    // Capacity (drop and pad), each against its own 1-rank run.
+    {"cap_dp1", 0, "", kCapacity},
+    {"cap_dp2", 2, "", kCapacity},
+    {"cap_ep2", 2, "--expert_model_parallel_size=2", kCapacity},
+    {"cap_ep4_allgather", 4, "--expert_model_parallel_size=4 --moe_token_dispatcher_type=allgather",
+     kCapacity},
+    {"pos_dp1", 0, "", kCapacityPosition},
+    {"pos_ep2_edp2", 4, "--expert_model_parallel_size=2", kCapacityPosition},
+    {"pad_dp1", 0, "", kCapacityPad},
+    {"pad_ep2", 2, "--expert_model_parallel_size=2", kCapacityPad},
+    {"pad_ep4_distopt", 4, "--expert_model_parallel_size=4 --use_distributed_optimizer",
+     kCapacityPad},
+    {"topp_dp1", 0, "", kTopP},
+    {"topp_ep2", 2, "--expert_model_parallel_size=2", kTopP},
+    {"topp_ep4_allgather", 4,
+     "--expert_model_parallel_size=4 --moe_token_dispatcher_type=allgather", kTopP},
+    {"sigmoid_dp1", 0, "", kSigmoid},
+    {"sigmoid_dp4_distopt", 4, "--use_distributed_optimizer", kSigmoid},
+    {"sigmoid_ep2_edp2", 4, "--expert_model_parallel_size=2", kSigmoid},
+    {"seqaux_dp1", 0, "", kSeqAux},
+    {"seqaux_ep2", 2, "--expert_model_parallel_size=2", kSeqAux},
 };
 
 constexpr double kTolerance = 1e-5;
@@ -83,19 +136,22 @@ TEST(LayoutInvarianceTest, EveryLayoutGivesTheOneRankLossAndGradNorm) {
   const std::string dir = testing::MakeTestDir("layout_invariance");
   const std::string data = dir + "/data";
   testing::WriteFakeDataset(data, 40, 100, 64, 11);
-  std::vector<Json> reference;
+  std::map<std::string, std::vector<Json>> references;  // by `math`
   for (const Layout& layout : kLayouts) {
     const std::string log = dir + "/" + layout.name + ".jsonl";
     const std::string out = dir + "/" + layout.name + ".out";
     std::string command;
     if (layout.ranks > 0)
       command = std::string(MOE_MPIEXEC) + " -n " + std::to_string(layout.ranks) + " ";
-    command += std::string(MOE_TRAIN_BIN) + " " + ModelFlags(data) + " " + layout.flags +
-               " --log_jsonl=" + log + " > " + out + " 2>&1";
+    command += std::string(MOE_TRAIN_BIN) + " " + ModelFlags(data) + " " + layout.flags + " " +
+               layout.math + " --log_jsonl=" + log + " > " + out + " 2>&1";
     ASSERT_EQ(std::system(command.c_str()), 0) << command << "\n" << ReadFile(out);
     const std::vector<Json> records = ReadLog(log);
     ASSERT_EQ(records.size(), 5u) << layout.name << ": " << ReadFile(out);
+    std::vector<Json>& reference = references[layout.math];
     if (reference.empty()) {
+      ASSERT_EQ(layout.ranks, 0) << layout.name << ": the first row of its math flags must be "
+                                 << "the 1-rank reference";
       reference = records;
       continue;
     }
