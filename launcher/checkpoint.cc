@@ -43,6 +43,8 @@ constexpr IntField kIntFields[] = {
     {&ModelConfig::num_key_value_heads, "num_key_value_heads", "--num_query_groups"},
     {&ModelConfig::num_local_experts, "num_local_experts", "--num_experts"},
     {&ModelConfig::num_experts_per_tok, "num_experts_per_tok", "--moe_router_topk"},
+    {&ModelConfig::moe_shared_expert_intermediate_size, "moe_shared_expert_intermediate_size",
+     "--moe_shared_expert_intermediate_size"},
 };
 struct DoubleField {
   double ModelConfig::*field;
@@ -77,6 +79,11 @@ absl::Status CompareModels(const ModelConfig& stored, const ModelConfig& wanted,
     if (stored.*f.field != wanted.*f.field) {
       return differ(f.name, f.flag, absl::StrCat(stored.*f.field), absl::StrCat(wanted.*f.field));
     }
+  }
+  if (stored.moe_use_residual != wanted.moe_use_residual) {
+    return differ("moe_use_residual", "--moe_use_residual",
+                  stored.moe_use_residual ? "true" : "false",
+                  wanted.moe_use_residual ? "true" : "false");
   }
   return absl::OkStatus();
 }
@@ -146,7 +153,7 @@ Json BaseMetadata(int64_t iteration, const ModelConfig& config, const std::strin
   m.Set("format_version", kCheckpointFormatVersion);
   m.Set("saved_by", saved_by);
   m.Set("iteration", iteration);
-  m.Set("model", config.ToHfJson());
+  m.Set("model", config.ToJson());
   Json files = Json::MakeArray();
   for (int r = 0; r < world_size; ++r) files.Append(ShardFileName(r));
   m.Set("files", std::move(files));

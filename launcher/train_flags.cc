@@ -54,6 +54,11 @@ ABSL_FLAG(double, moe_router_bias_update_rate, 1e-3, "Step of the expert bias up
 ABSL_FLAG(std::string, moe_router_load_balancing_type, "hf_aux_loss",
           "hf_aux_loss (Hugging Face's, pooled over layers), aux_loss, seq_aux_loss, "
           "global_aux_loss (Megatron-Core's, per layer) or none.");
+ABSL_FLAG(int64_t, moe_shared_expert_intermediate_size, 0,
+          "Width of an always-on shared expert added to the routed output; 0 = none.");
+ABSL_FLAG(bool, moe_use_residual, false,
+          "Residual-MoE (DeepSpeed-MoE): a dense MLP beside the experts, mixed by a learned "
+          "2-way softmax.");
 ABSL_FLAG(std::string, moe_token_dispatcher_type, "alltoall",
           "How tokens reach experts on other ranks: alltoall or allgather.");
 ABSL_FLAG(double, moe_expert_capacity_factor, 0.0,
@@ -192,6 +197,8 @@ const ModelFlag<int64_t> kModelIntFlags[] = {
      "choose 1 <= --moe_router_topk <= --num_experts"},
     {&FLAGS_vocab_size, &ModelConfig::vocab_size, "vocab_size",
      "use the tokenizer's size (257 for the byte tokenizer, 32000 for Mixtral's)"},
+    {&FLAGS_moe_shared_expert_intermediate_size, &ModelConfig::moe_shared_expert_intermediate_size,
+     "moe_shared_expert_intermediate_size", "e.g. the expert width, or 0 for none"},
     {&FLAGS_moe_router_topp_max_experts, &ModelConfig::moe_router_topp_max_experts,
      "moe_router_topp_max_experts", "e.g. 4, or 0 for no cap"},
     {&FLAGS_moe_router_num_groups, &ModelConfig::moe_router_num_groups, "moe_router_num_groups",
@@ -409,6 +416,7 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   c.tie_word_embeddings = false;
   c.moe_token_drop_policy = absl::GetFlag(FLAGS_moe_token_drop_policy);
   c.moe_router_score_function = absl::GetFlag(FLAGS_moe_router_score_function);
+  c.moe_use_residual = absl::GetFlag(FLAGS_moe_use_residual);
   c.moe_router_pre_softmax = absl::GetFlag(FLAGS_moe_router_pre_softmax);
   c.moe_router_enable_expert_bias = absl::GetFlag(FLAGS_moe_router_enable_expert_bias);
   c.moe_router_load_balancing_type = absl::GetFlag(FLAGS_moe_router_load_balancing_type);

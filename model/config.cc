@@ -39,6 +39,29 @@ absl::Status ReadDouble(const Json& json, const char* key, double* out) {
 
 }  // namespace
 
+absl::Status ModelConfig::CheckHfExportable() const {
+  if (moe_shared_expert_intermediate_size > 0) {
+    return absl::FailedPreconditionError(
+        "the model has a shared expert (moe_shared_expert_intermediate_size > 0), which "
+        "MixtralForCausalLM cannot hold; keep it in our checkpoint format");
+  }
+  if (moe_use_residual) {
+    return absl::FailedPreconditionError(
+        "the model is a Residual-MoE (moe_use_residual), which MixtralForCausalLM cannot hold; "
+        "keep it in our checkpoint format");
+  }
+  // Mixtral routes by softmax over all experts, top-k, renormalised.
+  if (moe_router_score_function != "softmax" || moe_router_pre_softmax || moe_router_topp > 0 ||
+      moe_router_num_groups > 0 || moe_router_enable_expert_bias) {
+    return absl::FailedPreconditionError(
+        "the model's router is not Mixtral's (moe_router_score_function, "
+        "moe_router_pre_softmax, moe_router_topp, moe_router_num_groups or "
+        "moe_router_enable_expert_bias is set), so MixtralForCausalLM would route differently; "
+        "keep it in our checkpoint format");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RouterOptions> RouterOptionsOf(const ModelConfig& c) {
   absl::StatusOr<ScoreFunction> score = ParseScoreFunction(c.moe_router_score_function);
   if (!score.ok()) return score.status();
@@ -99,6 +122,11 @@ absl::Status ModelConfig::Validate() const {
   if (!(router_aux_loss_coef >= 0)) {
     return Invalid("router_aux_loss_coef",
                    absl::StrCat("must be >= 0, got ", router_aux_loss_coef));
+  }
+  if (moe_shared_expert_intermediate_size < 0) {
+    return Invalid("moe_shared_expert_intermediate_size",
+                   absl::StrCat("must be >= 0 (0 = no shared expert), got ",
+                                moe_shared_expert_intermediate_size));
   }
   if (!(moe_expert_capacity_factor >= 0)) {
     return Invalid(
@@ -198,8 +226,65 @@ absl::StatusOr<ModelConfig> ModelConfig::FromHfJson(const Json& json) {
   if (const Json* window = json.Find("sliding_window"); window != nullptr && !window->is_null()) {
     return Invalid("sliding_window", "is not supported; set it to null (full causal attention)");
   }
+  // Our extensions (ToJson writes them; a Hugging Face config has none).
+  for (const auto& [key, field] :
+       {std::pair<const char*, int64_t*>{"moe_shared_expert_intermediate_size",
+                                         &c.moe_shared_expert_intermediate_size},
+        {"moe_router_topp_max_experts", &c.moe_router_topp_max_experts},
+        {"moe_router_num_groups", &c.moe_router_num_groups},
+        {"moe_router_group_topk", &c.moe_router_group_topk}}) {
+    if (absl::Status s = ReadInt(json, key, field); !s.ok()) return s;
+  }
+  for (const auto& [key, field] :
+       {std::pair<const char*, double*>{"moe_expert_capacity_factor",
+                                        &c.moe_expert_capacity_factor},
+        {"moe_router_topp", &c.moe_router_topp},
+        {"moe_router_topp_entropy_coeff", &c.moe_router_topp_entropy_coeff},
+        {"moe_router_bias_update_rate", &c.moe_router_bias_update_rate}}) {
+    if (absl::Status s = ReadDouble(json, key, field); !s.ok()) return s;
+  }
+  for (const auto& [key, field] :
+       {std::pair<const char*, bool*>{"moe_use_residual", &c.moe_use_residual},
+        {"moe_pad_expert_input_to_capacity", &c.moe_pad_expert_input_to_capacity},
+        {"moe_router_pre_softmax", &c.moe_router_pre_softmax},
+        {"moe_router_enable_expert_bias", &c.moe_router_enable_expert_bias}}) {
+    if (const Json* v = json.Find(key); v != nullptr) {
+      if (!v->is_bool())
+        return Invalid(key, absl::StrCat("must be true or false, got ", v->Dump()));
+      *field = v->as_bool();
+    }
+  }
+  for (const auto& [key, field] :
+       {std::pair<const char*, std::string*>{"moe_token_drop_policy", &c.moe_token_drop_policy},
+        {"moe_router_score_function", &c.moe_router_score_function},
+        {"moe_router_load_balancing_type", &c.moe_router_load_balancing_type}}) {
+    if (const Json* v = json.Find(key); v != nullptr) {
+      if (!v->is_string()) return Invalid(key, absl::StrCat("must be a string, got ", v->Dump()));
+      *field = v->as_string();
+    }
+  }
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
+}
+
+Json ModelConfig::ToJson() const {
+  Json j = ToHfJson();
+  j.Set("moe_shared_expert_intermediate_size", moe_shared_expert_intermediate_size);
+  j.Set("moe_use_residual", moe_use_residual);
+  j.Set("moe_expert_capacity_factor", Json::Real(moe_expert_capacity_factor));
+  j.Set("moe_token_drop_policy", moe_token_drop_policy);
+  j.Set("moe_pad_expert_input_to_capacity", moe_pad_expert_input_to_capacity);
+  j.Set("moe_router_score_function", moe_router_score_function);
+  j.Set("moe_router_pre_softmax", moe_router_pre_softmax);
+  j.Set("moe_router_topp", Json::Real(moe_router_topp));
+  j.Set("moe_router_topp_max_experts", moe_router_topp_max_experts);
+  j.Set("moe_router_topp_entropy_coeff", Json::Real(moe_router_topp_entropy_coeff));
+  j.Set("moe_router_num_groups", moe_router_num_groups);
+  j.Set("moe_router_group_topk", moe_router_group_topk);
+  j.Set("moe_router_enable_expert_bias", moe_router_enable_expert_bias);
+  j.Set("moe_router_bias_update_rate", Json::Real(moe_router_bias_update_rate));
+  j.Set("moe_router_load_balancing_type", moe_router_load_balancing_type);
+  return j;
 }
 
 absl::StatusOr<ModelConfig> ModelConfig::FromHfFile(const std::string& path) {

@@ -35,6 +35,12 @@ struct ModelConfig {
   double moe_expert_capacity_factor = 0.0;
   std::string moe_token_drop_policy = "probs";
   bool moe_pad_expert_input_to_capacity = false;
+  // Not in MixtralConfig: expert variants. A shared expert of this width
+  // beside the routed ones (Megatron-Core, Qwen2-MoE; 0 = none), and
+  // DeepSpeed-MoE's Residual-MoE (moe/residual_moe.h). A model with either
+  // is not a MixtralForCausalLM: Hugging Face export refuses it.
+  int64_t moe_shared_expert_intermediate_size = 0;
+  bool moe_use_residual = false;
   // Not in MixtralConfig: the router family (moe/router_options.h) and the
   // balancing loss, with Megatron-Core's flag names. The defaults are
   // Mixtral's router and Hugging Face's aux loss.
@@ -69,6 +75,12 @@ struct ModelConfig {
   static absl::StatusOr<ModelConfig> FromHfFile(const std::string& path);
   // A config.json that MixtralForCausalLM.from_pretrained accepts.
   Json ToHfJson() const;
+  // Every field: ToHfJson plus our moe_* extensions (which FromHfJson reads
+  // back when present), for our own checkpoints.
+  Json ToJson() const;
+  // Whether MixtralForCausalLM can hold this model (no shared expert, no
+  // Residual-MoE); the message names the field when not.
+  absl::Status CheckHfExportable() const;
 };
 
 // The router options of `config` (its moe_router_* fields); fails on an

@@ -311,6 +311,10 @@ absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir) {
 }
 
 absl::Status SaveHfModel(const std::string& dir, Model& model, int64_t max_shard_bytes) {
+  if (absl::Status s = model.config().CheckHfExportable(); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("cannot export to Hugging Face Mixtral: ", s.message()));
+  }
   if (max_shard_bytes <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("SaveHfModel: max_shard_bytes must be positive, got ", max_shard_bytes));

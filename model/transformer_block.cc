@@ -21,6 +21,8 @@ MoeOptions MoeOptionsOf(const ModelConfig& config, const ModelParallel& parallel
   options.dispatcher = parallel.dispatcher;
   // The model validated its config, so this cannot fail.
   options.router = *RouterOptionsOf(config);
+  options.shared_expert_intermediate_size = config.moe_shared_expert_intermediate_size;
+  options.use_residual = config.moe_use_residual;
   return options;
 }
 

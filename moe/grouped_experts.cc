@@ -30,12 +30,15 @@ std::string CheckedName(std::string name, int64_t num_experts, int64_t hidden_si
 
 // A Parameter whose value and grad are expert e's [rows, cols] slices of the
 // grouped tensors.
+// `slice`: where the view sits in the expert's whole weight (a part of it
+// under expert tensor parallelism).
 Parameter ExpertView(std::string name, const Tensor& value, const Tensor& grad, int64_t e,
-                     int64_t rows, int64_t cols) {
+                     int64_t rows, int64_t cols, ShardSlice slice) {
   Parameter p;
   p.name = std::move(name);
   p.value = value.View(e * rows * cols, {rows, cols});
   p.grad = grad.View(e * rows * cols, {rows, cols});
+  p.slice = std::move(slice);
   return p;
 }
 
@@ -133,14 +136,20 @@ void BackwardRowsCpu(const T* dout, const T* rows, const std::vector<int64_t>& o
 
 GroupedExperts::GroupedExperts(std::string name, int64_t num_experts, int64_t hidden_size,
                                int64_t intermediate_size, DType dtype, Device device,
-                               int64_t first_expert)
+                               int64_t first_expert, int etp_rank, int etp_size)
     : name_(
           CheckedName(std::move(name), num_experts, hidden_size, intermediate_size, dtype, device)),
       num_experts_(num_experts),
       first_expert_(first_expert),
       hidden_size_(hidden_size),
-      intermediate_size_(intermediate_size) {
-  const int64_t e = num_experts, h = hidden_size, i = intermediate_size;
+      intermediate_size_(intermediate_size / etp_size) {
+  MOE_CHECK(etp_size >= 1 && etp_rank >= 0 && etp_rank < etp_size &&
+            intermediate_size % etp_size == 0)
+      << name_ << ": the expert width " << intermediate_size << " must split evenly over "
+      << etp_size << " expert-tensor-parallel ranks; choose --expert_tensor_parallel_size "
+      << "dividing --ffn_hidden_size";
+  const int64_t e = num_experts, h = hidden_size, i = intermediate_size_;
+  const int64_t i0 = etp_rank * i;  // this rank's first intermediate row
   w1_EIH_ = Tensor::Empty({e, i, h}, dtype);
   w3_EIH_ = Tensor::Empty({e, i, h}, dtype);
   w2_EHI_ = Tensor::Empty({e, h, i}, dtype);
@@ -149,9 +158,12 @@ GroupedExperts::GroupedExperts(std::string name, int64_t num_experts, int64_t hi
   dw2_EHI_ = Tensor::Zeros({e, h, i}, dtype);
   for (int64_t x = 0; x < e; ++x) {
     const std::string prefix = name_ + "." + std::to_string(first_expert + x);
-    w1_.push_back(ExpertView(prefix + ".w1.weight", w1_EIH_, dw1_EIH_, x, i, h));
-    w2_.push_back(ExpertView(prefix + ".w2.weight", w2_EHI_, dw2_EHI_, x, h, i));
-    w3_.push_back(ExpertView(prefix + ".w3.weight", w3_EIH_, dw3_EIH_, x, i, h));
+    w1_.push_back(ExpertView(prefix + ".w1.weight", w1_EIH_, dw1_EIH_, x, i, h,
+                             {{intermediate_size, h}, {i0, 0}}));
+    w2_.push_back(ExpertView(prefix + ".w2.weight", w2_EHI_, dw2_EHI_, x, h, i,
+                             {{h, intermediate_size}, {0, i0}}));
+    w3_.push_back(ExpertView(prefix + ".w3.weight", w3_EIH_, dw3_EIH_, x, i, h,
+                             {{intermediate_size, h}, {i0, 0}}));
   }
 }
 

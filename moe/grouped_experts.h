@@ -55,10 +55,14 @@ class GroupedExperts {
   // Values are left uninitialised (the model fills them); grads start at zero.
   // CPU kF32 or kF64. Under expert parallelism a rank holds the experts
   // [first_expert, first_expert + num_experts) of the layer: local expert e
-  // is named (and initialised) as global expert first_expert + e.
+  // is named (and initialised) as global expert first_expert + e. Under
+  // expert tensor parallelism it holds rows [r I / ETP, (r + 1) I / ETP) of
+  // each expert's w1 and w3 and those columns of w2 (r = etp_rank), and its
+  // outputs are partial sums over the ETP group (moe/expert_tensor_exchange.h);
+  // each Parameter's slice says which part it holds.
   GroupedExperts(std::string name, int64_t num_experts, int64_t hidden_size,
                  int64_t intermediate_size, DType dtype = DType::kF32, Device device = Device::kCpu,
-                 int64_t first_expert = 0);
+                 int64_t first_expert = 0, int etp_rank = 0, int etp_size = 1);
 
   // x_TH [T, H], ids_TK kI32 [T, K], weights_TK [T, K] -> y_TH [T, H].
   Tensor Forward(const Tensor& x_TH, const Tensor& ids_TK, const Tensor& weights_TK,
@@ -90,7 +94,9 @@ class GroupedExperts {
   int64_t num_experts() const { return num_experts_; }  // held by this rank
   int64_t first_expert() const { return first_expert_; }
   int64_t hidden_size() const { return hidden_size_; }
-  int64_t intermediate_size() const { return intermediate_size_; }
+  int64_t intermediate_size() const {
+    return intermediate_size_;
+  }  // held by this rank  // held by this rank
   const std::string& name() const { return name_; }
 
  private:

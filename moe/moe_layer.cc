@@ -62,6 +62,11 @@ absl::Status ValidateMoeOptions(const MoeOptions& options) {
         absl::StrCat("moe_expert_capacity_factor must be > 0 (or unset for dropless), got ",
                      options.capacity_factor));
   }
+  if (options.shared_expert_intermediate_size < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "moe_shared_expert_intermediate_size must be >= 0 (0 = no shared expert), got ",
+        options.shared_expert_intermediate_size));
+  }
   if (options.pad_to_capacity && options.capacity_factor <= 0) {
     return absl::InvalidArgumentError(
         "moe_pad_expert_input_to_capacity needs a capacity: set --moe_expert_capacity_factor");
@@ -74,13 +79,24 @@ absl::Status ValidateMoeOptions(const MoeOptions& options) {
 }
 
 MoeLayer::MoeLayer(std::string name, const MoeOptions& options, DType dtype, Device device,
-                   Communicator* ep)
+                   Communicator* ep, Communicator* etp)
     : name_(name),
       options_(CheckedOptions(name, options)),
       router_(name + ".gate", options.hidden_size, RouterOptionsOf(options), dtype, device),
       dispatcher_(MakeTokenDispatcher(options.dispatcher, options.num_experts, ep)),
       experts_(name + ".experts", dispatcher_->num_local_experts(), options.hidden_size,
-               options.intermediate_size, dtype, device, dispatcher_->first_local_expert()) {}
+               options.intermediate_size, dtype, device, dispatcher_->first_local_expert(),
+               etp == nullptr ? 0 : etp->rank(), etp == nullptr ? 1 : etp->size()) {
+  if (etp != nullptr && etp->size() > 1) etp_.emplace(etp, dispatcher_->num_local_experts());
+  if (options_.shared_expert_intermediate_size > 0) {
+    shared_expert_.emplace(name_ + ".shared_expert", options_.hidden_size,
+                           options_.shared_expert_intermediate_size, dtype, device);
+  }
+  if (options_.use_residual) {
+    residual_.emplace(name_ + ".residual", options_.hidden_size, options_.intermediate_size, dtype,
+                      device);
+  }
+}
 
 MoeLayer::Output MoeLayer::Forward(const Tensor& x, Saved* saved) const {
   const int64_t hidden = options_.hidden_size;
@@ -112,10 +128,23 @@ MoeLayer::Output MoeLayer::Forward(const Tensor& x, Saved* saved) const {
 
   TokenDispatcher::State& state = saved->dispatch;
   dispatcher_->StartDispatch(x_TH, ids_TK, routing.weights_TK, pad_capacity, &state);
+  // The dense branches need no routed token: they run while the rows travel.
+  Tensor shared;
+  if (shared_expert_.has_value()) shared = shared_expert_->Forward(x_TH, &saved->shared_expert);
+  if (residual_.has_value()) residual_->ForwardBranch(x_TH, &saved->residual);
   ExpertInput in = dispatcher_->FinishDispatch(&state);
-  const Tensor expert_out = experts_.ForwardRows(in.rows_RH, in.expert_offsets, &saved->experts);
+  if (etp_.has_value()) {
+    std::vector<int64_t> gathered_offsets;
+    in.rows_RH = etp_->Gather(in.rows_RH, in.expert_offsets, &saved->etp_layout, &gathered_offsets);
+    in.expert_offsets = std::move(gathered_offsets);
+  }
+  Tensor expert_out = experts_.ForwardRows(in.rows_RH, in.expert_offsets, &saved->experts);
+  if (etp_.has_value()) expert_out = etp_->ScatterSum(expert_out, saved->etp_layout);
   dispatcher_->StartCombine(expert_out, &state);
-  out.y = dispatcher_->FinishCombine(&state).Reshape(x.shape());
+  Tensor y_TH = dispatcher_->FinishCombine(&state);
+  if (residual_.has_value()) y_TH = residual_->Mix(y_TH, &saved->residual);
+  if (shared.defined()) AddInto(shared, &y_TH);
+  out.y = y_TH.Reshape(x.shape());
   saved->rows_RH = std::move(in.rows_RH);
   saved->expert_offsets = std::move(in.expert_offsets);
   out.logits_TE = std::move(routing.logits_TE);
@@ -139,14 +168,23 @@ Tensor MoeLayer::Backward(const Tensor& dy, const RouterLossGrads& losses, const
       << name_ << ": dy must be like the input (" << x_TH.numel() / x_TH.dim(1) << " tokens of "
       << options_.hidden_size << "), got " << dy.Describe();
   const TokenDispatcher::State& state = saved.dispatch;
-  dispatcher_->StartCombineBackward(dy.Reshape(x_TH.shape()), state);
+  const Tensor dy_TH = dy.Reshape(x_TH.shape());
+  dispatcher_->StartCombineBackward(
+      residual_.has_value() ? residual_->MoeGrad(dy_TH, saved.residual) : dy_TH, state);
   Tensor dweights_TK;
-  const Tensor dout_RH = dispatcher_->FinishCombineBackward(state, &dweights_TK);
-  const Tensor drows_RH =
+  Tensor dout_RH = dispatcher_->FinishCombineBackward(state, &dweights_TK);
+  if (etp_.has_value()) dout_RH = etp_->GatherLike(dout_RH, saved.etp_layout);
+  Tensor drows_RH =
       experts_.BackwardRows(dout_RH, saved.rows_RH, saved.expert_offsets, saved.experts);
+  if (etp_.has_value()) drows_RH = etp_->ScatterSum(drows_RH, saved.etp_layout);
   dispatcher_->StartDispatchBackward(drows_RH, state);
-  // The router's gradient needs only local data: it runs while the rows travel.
+  // The router's and the dense branches' gradients need only local data:
+  // they run while the rows travel.
   Tensor dx_TH = router_.Backward(dweights_TK, losses, saved.router);
+  if (shared_expert_.has_value()) {
+    AddInto(shared_expert_->Backward(dy_TH, saved.shared_expert), &dx_TH);
+  }
+  if (residual_.has_value()) AddInto(residual_->BranchBackward(dy_TH, saved.residual), &dx_TH);
   AddInto(dispatcher_->FinishDispatchBackward(state), &dx_TH);
   return dx_TH.Reshape(dy.shape());
 }
@@ -154,6 +192,12 @@ Tensor MoeLayer::Backward(const Tensor& dy, const RouterLossGrads& losses, const
 std::vector<Parameter*> MoeLayer::Parameters() {
   std::vector<Parameter*> params = router_.Parameters();
   for (Parameter* p : experts_.Parameters()) params.push_back(p);
+  if (shared_expert_.has_value()) {
+    for (Parameter* p : shared_expert_->Parameters()) params.push_back(p);
+  }
+  if (residual_.has_value()) {
+    for (Parameter* p : residual_->Parameters()) params.push_back(p);
+  }
   return params;
 }
 

@@ -4,9 +4,16 @@
 //   routing = Router(x)                               every rank, own tokens
 //   ids     = DropOverCapacity(routing.ids)           with a capacity factor
 //   rows    = dispatcher.Dispatch(x, ids)             to the experts' ranks
-//   out     = GroupedExperts.ForwardRows(rows)        this rank's experts
+//   rows    = etp.Gather(rows)                         expert tensor parallel (ETP > 1)
+//   out     = GroupedExperts.ForwardRows(rows)        this rank's experts (its ETP part)
+//   out     = etp.ScatterSum(out)                     ETP > 1
 //   y       = dispatcher.Combine(out, weights)        back, weighted, in token order
+//   y       = c0 y + c1 mlp(x)                        Residual-MoE (use_residual)
+//   y      += shared_expert(x)                        shared expert (its width > 0)
 //
+// The dense branches (shared expert, Residual-MoE's MLP) run while the
+// tokens travel to the experts, and their backward while the last
+// all-to-all of the backward is in flight.
 // Backward is the same list reversed; the router's backward runs while the
 // last all-to-all is in flight. Shape suffixes: see moe/permutation.h.
 // Parameters are named as Hugging Face saves them under the block's name,
@@ -22,12 +29,16 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "moe/capacity.h"
+#include "moe/dense_mlp.h"
+#include "moe/expert_tensor_exchange.h"
 #include "moe/grouped_experts.h"
+#include "moe/residual_moe.h"
 #include "moe/router.h"
 #include "moe/token_dispatcher.h"
 
@@ -47,6 +58,13 @@ struct MoeOptions {
   DropPolicy drop_policy = DropPolicy::kProbs;
   bool pad_to_capacity = false;  // needs capacity_factor > 0 and all-to-all
   DispatcherType dispatcher = DispatcherType::kAllToAll;
+  // Megatron-Core's --moe_shared_expert_intermediate_size: an always-on dense
+  // SwiGLU expert of this width added to the routed output; 0 = none.
+  // Parameters "<name>.shared_expert.{gate,up,down}_proj.weight".
+  int64_t shared_expert_intermediate_size = 0;
+  // DeepSpeed-MoE's Residual-MoE (moe/residual_moe.h), its MLP as wide as an
+  // expert. Parameters "<name>.residual.{coefficient,mlp.*}.weight".
+  bool use_residual = false;
 };
 
 // InvalidArgument naming the field when an option is out of range
@@ -61,7 +79,10 @@ class MoeLayer {
     TokenDispatcher::State dispatch;
     Tensor rows_RH;  // the experts' input rows (their weight gradients need them)
     std::vector<int64_t> expert_offsets;
+    ExpertTensorExchange::Layout etp_layout;  // ETP > 1
     GroupedExperts::RowsSaved experts;
+    DenseMlp::Saved shared_expert;
+    ResidualMoe::Saved residual;
   };
   struct Output {
     Tensor y;          // like x
@@ -77,9 +98,11 @@ class MoeLayer {
   // Dies with ValidateMoeOptions' message on bad options. Weights are left
   // uninitialised. CPU kF32 or kF64. `ep`: the expert-parallel group (must
   // outlive the layer; nullptr = one rank holds every expert); this rank
-  // holds the experts of its EP block (moe/token_dispatcher.h).
+  // holds the experts of its EP block (moe/token_dispatcher.h). `etp`: the
+  // expert-tensor-parallel group (nullptr = whole experts), over which each
+  // expert's intermediate dimension is split.
   MoeLayer(std::string name, const MoeOptions& options, DType dtype = DType::kF32,
-           Device device = Device::kCpu, Communicator* ep = nullptr);
+           Device device = Device::kCpu, Communicator* ep = nullptr, Communicator* etp = nullptr);
 
   // x: [..., H] (leading dimensions are flattened into T tokens; a 3-D
   // [batch, seq, H] input also gives per-sequence statistics).
@@ -91,7 +114,8 @@ class MoeLayer {
   Tensor Backward(const Tensor& dy, const std::vector<double>& daux_dprob_E, double z_scale,
                   const Saved& saved);
 
-  // The router's gate, then this rank's experts' (per expert w1, w2, w3).
+  // The router's gate, then this rank's experts' (per expert w1, w2, w3),
+  // then the shared expert's and Residual-MoE's, when present.
   std::vector<Parameter*> Parameters();
   Router& router() { return router_; }
   GroupedExperts& experts() { return experts_; }
@@ -104,7 +128,10 @@ class MoeLayer {
   MoeOptions options_;
   Router router_;
   std::unique_ptr<TokenDispatcher> dispatcher_;
+  std::optional<ExpertTensorExchange> etp_;
   GroupedExperts experts_;
+  std::optional<DenseMlp> shared_expert_;
+  std::optional<ResidualMoe> residual_;
 };
 
 }  // namespace moe

@@ -100,3 +100,49 @@ TEST(ModelConfigTest, UnsupportedHfFeaturesAreErrorsNotIgnored) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(ModelConfigTest, OurExtensionsRoundTripThroughToJsonButNotHfJson) {
+  ModelConfig c = Tiny();
+  c.moe_shared_expert_intermediate_size = 32;
+  c.moe_use_residual = true;
+  c.moe_expert_capacity_factor = 1.25;
+  c.moe_token_drop_policy = "position";
+  c.moe_router_score_function = "sigmoid";
+  c.moe_router_num_groups = 2;
+  c.moe_router_group_topk = 1;
+  c.moe_router_enable_expert_bias = true;
+  c.moe_router_load_balancing_type = "seq_aux_loss";
+  ASSERT_TRUE(c.Validate().ok()) << c.Validate();
+  absl::StatusOr<ModelConfig> back = ModelConfig::FromHfJson(c.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(), c.ToJson());
+  EXPECT_EQ(back->moe_router_score_function, "sigmoid");
+  EXPECT_EQ(back->moe_shared_expert_intermediate_size, 32);
+  // config.json for transformers carries none of them.
+  EXPECT_EQ(c.ToHfJson().Find("moe_use_residual"), nullptr);
+  // Floats stay floats ("0.0"), which transformers' typed configs require.
+  EXPECT_NE(Tiny().ToHfJson().Dump().find("\"router_z_loss_coef\":0.0"), std::string::npos);
+}
+
+TEST(ModelConfigTest, OnlyMixtralShapedModelsExportToHuggingFace) {
+  EXPECT_TRUE(Tiny().CheckHfExportable().ok());
+  ModelConfig shared = Tiny();
+  shared.moe_shared_expert_intermediate_size = 8;
+  EXPECT_NE(shared.CheckHfExportable().message().find("shared expert"), std::string::npos);
+  ModelConfig residual = Tiny();
+  residual.moe_use_residual = true;
+  EXPECT_NE(residual.CheckHfExportable().message().find("Residual-MoE"), std::string::npos);
+  ModelConfig sigmoid = Tiny();
+  sigmoid.moe_router_score_function = "sigmoid";
+  EXPECT_NE(sigmoid.CheckHfExportable().message().find("router is not Mixtral's"),
+            std::string::npos);
+  ModelConfig capacity = Tiny();
+  capacity.moe_expert_capacity_factor = 1.0;  // the weights are Mixtral's: exportable
+  EXPECT_TRUE(capacity.CheckHfExportable().ok());
+}
+
+}  // namespace
+}  // namespace moe

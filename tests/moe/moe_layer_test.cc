@@ -204,3 +204,79 @@ TEST(MoeLayerDeathTest, BadOptionsAndShapesNameTheLayer) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+// The expert variants and dropping: with a shared expert, with Residual-MoE,
+// with both, and with capacity drops, every parameter's gradient (12
+// elements each) and dx against central differences in double.
+struct VariantCase {
+  const char* name;
+  int64_t shared = 0;
+  bool residual = false;
+  double capacity_factor = 0;
+};
+
+class MoeLayerVariantTest : public ::testing::TestWithParam<VariantCase> {};
+
+TEST_P(MoeLayerVariantTest, BackwardMatchesFiniteDifferences) {
+  const VariantCase c = GetParam();
+  MoeOptions options{.hidden_size = 8, .intermediate_size = 6, .num_experts = 4, .top_k = 2};
+  options.shared_expert_intermediate_size = c.shared;
+  options.use_residual = c.residual;
+  options.capacity_factor = c.capacity_factor;
+  MoeLayer layer("model.layers.0.block_sparse_moe", options, DType::kF64);
+  FillLayer(&layer, 900);
+  Tensor x = testing::RandomTensor({2, 6, 8}, DType::kF64, 901);
+  const Tensor dy = testing::RandomTensor({2, 6, 8}, DType::kF64, 902);
+  auto loss = [&] {
+    MoeLayer::Saved s;
+    return testing::Dot(layer.Forward(x, &s).y, dy);
+  };
+  MoeLayer::Saved saved;
+  const MoeLayer::Output out = layer.Forward(x, &saved);
+  ASSERT_GT(MinTopKGap(out.logits_TE, 2), 1e-2) << "pick another seed: near tie";
+  if (c.capacity_factor > 0) {
+    double dropped = 0;
+    for (double d : out.dropped_E) dropped += d;
+    ASSERT_GT(dropped, 0) << "the case must drop something";
+  }
+  const Tensor dx = layer.Backward(dy, std::vector<double>{}, 0.0, saved);
+  std::vector<int64_t> checked;
+  EXPECT_LT(
+      testing::GradientError(dx, testing::NumericalGradient(x, loss, 1e-5, 0, &checked), checked),
+      kGradTolerance);
+  for (Parameter* p : layer.Parameters()) {
+    const Tensor analytic = p->grad.Clone();
+    const Tensor numeric = testing::NumericalGradient(p->value, loss, 1e-5, 12, &checked);
+    EXPECT_LT(testing::GradientError(analytic, numeric, checked), kGradTolerance) << p->name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, MoeLayerVariantTest,
+                         ::testing::Values(VariantCase{"SharedExpert", 10},
+                                           VariantCase{"Residual", 0, true},
+                                           VariantCase{"SharedAndResidual", 5, true},
+                                           VariantCase{"CapacityDrop", 0, false, 0.5}),
+                         [](const ::testing::TestParamInfo<VariantCase>& param_info) {
+                           return std::string(param_info.param.name);
+                         });
+
+TEST(MoeLayerTest, VariantParametersAreNamed) {
+  MoeOptions options{.hidden_size = 8, .intermediate_size = 6, .num_experts = 2, .top_k = 1};
+  options.shared_expert_intermediate_size = 4;
+  options.use_residual = true;
+  MoeLayer layer("m", options);
+  std::vector<std::string> names;
+  for (Parameter* p : layer.Parameters()) names.push_back(p->name);
+  const std::vector<std::string> tail(names.end() - 7, names.end());
+  EXPECT_EQ(tail, (std::vector<std::string>{
+                      "m.shared_expert.gate_proj.weight", "m.shared_expert.up_proj.weight",
+                      "m.shared_expert.down_proj.weight", "m.residual.coefficient.weight",
+                      "m.residual.mlp.gate_proj.weight", "m.residual.mlp.up_proj.weight",
+                      "m.residual.mlp.down_proj.weight"}));
+}
+
+}  // namespace
+}  // namespace moe
