@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -36,6 +37,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_format.h"
 #include "launcher/checkpoint.h"
 #include "launcher/step_log.h"
 #include "launcher/train_flags.h"
@@ -139,10 +141,14 @@ int Run(moe::Communicator* world) {
   absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer =
       moe::Trainer::Create(settings->trainer, world);
   if (!trainer.ok()) return Fail(kExitUsage, trainer.status());
+  double load_seconds = 0;
   if (resume.has_value()) {
+    const auto load_start = std::chrono::steady_clock::now();
     if (absl::Status s = moe::LoadCheckpoint(settings->load, trainer->get()); !s.ok()) {
       return Fail(kExitFailure, s);
     }
+    load_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   } else if (!settings->init_from_hf.empty()) {
     if (absl::Status s = moe::InitFromHf(settings->init_from_hf, trainer->get()); !s.ok()) {
       return Fail(kExitFailure, s);
@@ -154,7 +160,20 @@ int Run(moe::Communicator* world) {
     (*trainer)->SetCheckpointCallback(
         [m = metrics.get()](double seconds) { m->ObserveCheckpointSave(seconds); });
     if (log.has_value()) {
-      log->AddObserver([m = metrics.get()](const moe::StepStats& stats) { m->ObserveStep(stats); });
+      log->AddObserver([m = metrics.get()](const moe::StepStats& stats) {
+        m->ObserveStep(stats);
+        // Per-layer per-expert load (counts are exact integers held in doubles).
+        if (!stats.expert_tokens.empty()) {
+          auto counts = [](const std::vector<std::vector<double>>& values) {
+            std::vector<std::vector<int64_t>> out;
+            for (const std::vector<double>& layer : values) {
+              out.emplace_back(layer.begin(), layer.end());
+            }
+            return out;
+          };
+          m->ObserveExperts(counts(stats.expert_tokens), counts(stats.expert_dropped));
+        }
+      });
     }
   }
 
@@ -165,9 +184,19 @@ int Run(moe::Communicator* world) {
       std::cout << "log       " << log->path() << " (one JSON object per step)\n";
     }
     if (resume.has_value()) {
+      // Every file of the iteration, over the time this rank took to read its share.
+      std::error_code error;
+      double bytes = 0;
+      for (const auto& entry : std::filesystem::directory_iterator(resume->dir, error)) {
+        if (entry.is_regular_file(error)) bytes += static_cast<double>(entry.file_size(error));
+      }
       std::cout << "resume    " << resume->dir << ": step " << resume->iteration << " (saved under "
                 << resume->saved_under
-                << (resume->has_optimizer_state ? ")" : "; weights only, fresh optimizer)") << "\n";
+                << (resume->has_optimizer_state ? ")" : "; weights only, fresh optimizer)")
+                << absl::StrFormat("; loaded %.1f MB in %.2f s (%.2f GB/s)", bytes / 1e6,
+                                   load_seconds,
+                                   load_seconds > 0 ? bytes / load_seconds / 1e9 : 0.0)
+                << "\n";
     } else if (!settings->init_from_hf.empty()) {
       std::cout << "init      Hugging Face weights from " << settings->init_from_hf << "\n";
     }

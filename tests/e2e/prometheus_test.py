@@ -122,6 +122,17 @@ scrape_configs:
             print(f"{query:36s} Prometheus {got:.10g}  log {want:.10g}  rel. error {error:.1e}")
             u.check(error <= TOLERANCE, f"{query}: Prometheus has {got}, the log {want}")
 
+        # Per-expert load: each counter is the log's expert_tokens summed over the steps.
+        tokens = instant(prometheus_port, "moe_train_expert_tokens_total", at)
+        for layer, row in enumerate(records[0]["expert_tokens"]):
+            for expert in range(len(row)):
+                want = sum(r["expert_tokens"][layer][expert] for r in records)
+                got = [v for k, v in tokens.items()
+                       if ("layer", str(layer)) in k and ("expert", str(expert)) in k]
+                u.check(len(got) == 1 and got[0] == want,
+                        f"layer {layer} expert {expert}: Prometheus has {got}, the log {want}")
+        print(f"moe_train_expert_tokens_total        {len(tokens)} series equal the log's sums")
+
         # Model FLOP/s and MFU follow from the logged step time.
         flops = single(prometheus_port, "moe_train_model_flops_per_second", at)
         mfu = single(prometheus_port, "moe_train_mfu_ratio", at)
