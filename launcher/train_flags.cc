@@ -303,7 +303,12 @@ absl::Status InFlagTerms(const absl::Status& status) {
     for (const FieldName& name : names) {
       if (name.field == word) match = &name;
     }
-    if (match != nullptr) {
+    // A word the message already spells as a flag ("--name") stays as it is.
+    const bool already_flag = i >= 2 && message.substr(i - 2, 2) == "--";
+    if (match != nullptr && already_flag) {
+      absl::StrAppend(&out, match->flag);
+      if (fix.empty()) fix = match->fix;
+    } else if (match != nullptr) {
       absl::StrAppend(&out, "--", match->flag);
       if (fix.empty()) fix = match->fix;
     } else {

@@ -139,7 +139,7 @@ absl::Status ModelConfig::Validate() const {
   }
   if (moe_pad_expert_input_to_capacity && moe_expert_capacity_factor <= 0) {
     return Invalid("moe_pad_expert_input_to_capacity",
-                   "needs a capacity: set moe_expert_capacity_factor > 0");
+                   "needs a capacity (moe_expert_capacity_factor > 0)");
   }
   if (moe_router_load_balancing_type != "hf_aux_loss" &&
       moe_router_load_balancing_type != "aux_loss" &&
