@@ -12,7 +12,8 @@ namespace {
 
 // Below this many elements a parameter is updated on one thread: starting the
 // team costs more than the update.
-constexpr int64_t kParallelThreshold = 1 << 15;
+// Elements per unit of parallel work in Step.
+constexpr int64_t kChunk = 1 << 15;
 
 // The per-step scalars, computed in double and rounded once to T, as PyTorch
 // rounds a Python float operand to the tensor's type.
@@ -46,16 +47,19 @@ Coefficients<T> MakeCoefficients(const AdamW::Options& o, double lr, int64_t ste
 // One AdamW update of n elements in place. Each line is one PyTorch op of
 // _single_tensor_adam, in its order, so the roundings are the same:
 // mul_, lerp_, mul_ + addcmul_, sqrt / div + add_, addcdiv_.
+// The gradient is read and zeroed in the same pass (the next step
+// accumulates into it), which saves a separate memset over every gradient.
 template <typename T>
-void AdamWUpdate(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n,
+void AdamWUpdate(T* param, T* exp_avg, T* exp_avg_sq, T* grad, int64_t n,
                  const Coefficients<T>& c) {
   // torch.lerp(m, g, w) is m + w * (g - m) for |w| < 0.5 and
   // g - (g - m) * (1 - w) otherwise; both are base + coeff * (g - m).
   const bool small_weight = std::abs(c.lerp_weight) < T(0.5);
   const T lerp_coeff = small_weight ? c.lerp_weight : c.lerp_weight - T(1);
-#pragma omp parallel for simd schedule(static) if (n >= kParallelThreshold)
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T g = grad[i];
+    grad[i] = T(0);
     const T p = param[i] * c.decay;
     const T m_old = exp_avg[i];
     const T m = (small_weight ? m_old : g) + lerp_coeff * (g - m_old);
@@ -68,7 +72,7 @@ void AdamWUpdate(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n,
 }
 
 void RoundToBf16(const float* master, BFloat16* value, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= kParallelThreshold)
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) value[i].bits = BFloat16::FromFloat(master[i]);
 }
 
@@ -159,33 +163,50 @@ void AdamW::Step(double lr) {
     MOE_CHECK(param->value.device() == Device::kCpu)
         << "AdamW: " << param->name << " is on " << DeviceName(param->value.device())
         << "; the CUDA optimizer step is not built yet";
+    MOE_CHECK(param->value.dtype() == DType::kF64 || param->value.dtype() == DType::kF32 ||
+              param->value.dtype() == DType::kBF16)
+        << "AdamW: unsupported dtype for " << param->name;
   }
   ++step_;
+  // One parallel loop over chunks of every parameter: a model has many small
+  // tensors (each expert's weights, the norms), which one thread per tensor
+  // would leave serial.
+  struct Chunk {
+    size_t param;
+    int64_t begin, end;
+  };
+  std::vector<Chunk> chunks;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Parameter& param = *params_[i];
-    State& state = states_[i];
-    const int64_t n = param.value.numel();
+    const int64_t n = params_[i]->value.numel();
+    for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({i, b, std::min(n, b + kChunk)});
+  }
+  const int64_t count = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(dynamic, 1) if (count > 1)
+  for (int64_t k = 0; k < count; ++k) {
+    const Chunk& chunk = chunks[k];
+    Parameter& param = *params_[chunk.param];
+    State& state = states_[chunk.param];
+    const int64_t b = chunk.begin, n = chunk.end - chunk.begin;
     switch (param.value.dtype()) {
       case DType::kF64:
-        AdamWUpdate(param.value.data<double>(), state.exp_avg.data<double>(),
-                    state.exp_avg_sq.data<double>(), param.grad.data<double>(), n,
+        AdamWUpdate(param.value.data<double>() + b, state.exp_avg.data<double>() + b,
+                    state.exp_avg_sq.data<double>() + b, param.grad.data<double>() + b, n,
                     MakeCoefficients<double>(options_, lr, step_, state.decay));
         break;
       case DType::kF32:
-        AdamWUpdate(param.value.data<float>(), state.exp_avg.data<float>(),
-                    state.exp_avg_sq.data<float>(), param.grad.data<float>(), n,
+        AdamWUpdate(param.value.data<float>() + b, state.exp_avg.data<float>() + b,
+                    state.exp_avg_sq.data<float>() + b, param.grad.data<float>() + b, n,
                     MakeCoefficients<float>(options_, lr, step_, state.decay));
         break;
       case DType::kBF16:
-        AdamWUpdate(state.master.data<float>(), state.exp_avg.data<float>(),
-                    state.exp_avg_sq.data<float>(), param.grad.data<float>(), n,
+        AdamWUpdate(state.master.data<float>() + b, state.exp_avg.data<float>() + b,
+                    state.exp_avg_sq.data<float>() + b, param.grad.data<float>() + b, n,
                     MakeCoefficients<float>(options_, lr, step_, state.decay));
-        RoundToBf16(state.master.data<float>(), param.value.data<BFloat16>(), n);
+        RoundToBf16(state.master.data<float>() + b, param.value.data<BFloat16>() + b, n);
         break;
       default:
-        MOE_CHECK(false) << "AdamW: unsupported dtype for " << param.name;
+        break;  // checked before the loop
     }
-    param.grad.SetZero();
   }
 }
 
