@@ -39,24 +39,45 @@ GradBuckets::GradBuckets(std::vector<Parameter*> params, Communicator* dp, int64
     if (current.numel * 4 >= bucket_bytes || current.numel >= bucket_elements) close();
   }
   close();
+  ready_.assign(buckets_.size(), 0);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    for (const Slot& slot : buckets_[b].slots) bucket_of_[slot.param] = b;
+  }
+}
+
+void GradBuckets::Issue(size_t b) {
+  Bucket& bucket = buckets_[b];
+  float* flat = bucket.flat.data<float>();
+  for (const Slot& slot : bucket.slots) {
+    std::memcpy(flat + slot.offset, slot.param->grad.data<float>(),
+                static_cast<size_t>(slot.param->grad.numel()) * sizeof(float));
+  }
+  // The padding stays zero: it is never written.
+  handles_.push_back(mode_ == Mode::kAllReduce ? dp_->AllReduce(bucket.flat, ReduceOp::kSum)
+                                               : dp_->ReduceScatter(bucket.shard, bucket.flat));
 }
 
 void GradBuckets::Start() {
   MOE_CHECK(handles_.empty()) << "GradBuckets::Start: the previous reduction was not finished";
-  for (Bucket& bucket : buckets_) {
-    float* flat = bucket.flat.data<float>();
-    for (const Slot& slot : bucket.slots) {
-      std::memcpy(flat + slot.offset, slot.param->grad.data<float>(),
-                  static_cast<size_t>(slot.param->grad.numel()) * sizeof(float));
-    }
-    // The padding stays zero: it is never written.
-    handles_.push_back(mode_ == Mode::kAllReduce ? dp_->AllReduce(bucket.flat, ReduceOp::kSum)
-                                                 : dp_->ReduceScatter(bucket.shard, bucket.flat));
+  for (size_t b = 0; b < buckets_.size(); ++b) Issue(b);
+}
+
+void GradBuckets::MarkReady(const Parameter* p) {
+  const auto it = bucket_of_.find(p);
+  MOE_CHECK(it != bucket_of_.end())
+      << "GradBuckets::MarkReady: " << (p ? p->name : "null") << " is not in these buckets";
+  MOE_CHECK(marked_.insert(p).second)
+      << "GradBuckets::MarkReady: " << p->name << " marked twice in one reduction";
+  ++ready_[it->second];
+  // Issue in bucket order only, so that every rank issues the same sequence.
+  while (handles_.size() < buckets_.size() &&
+         ready_[handles_.size()] == buckets_[handles_.size()].slots.size()) {
+    Issue(handles_.size());
   }
 }
 
 void GradBuckets::Finish() {
-  MOE_CHECK(handles_.size() == buckets_.size()) << "GradBuckets::Finish: Start() was not called";
+  while (handles_.size() < buckets_.size()) Issue(handles_.size());
   for (size_t b = 0; b < buckets_.size(); ++b) {
     handles_[b]->Wait();
     if (mode_ != Mode::kAllReduce) continue;
@@ -67,6 +88,8 @@ void GradBuckets::Finish() {
     }
   }
   handles_.clear();
+  std::fill(ready_.begin(), ready_.end(), 0);
+  marked_.clear();
 }
 
 double GradBuckets::OwnedSquaredNorm() const {

@@ -21,15 +21,20 @@
 // Gradients are SUMMED over ranks, never averaged: the trainer's loss scale
 // 1 / (label tokens of the global batch) already makes the sum the mean.
 //
-// When it runs. Start() is called after backward: it copies each bucket's
-// grads in and issues its collective at once, so bucket b's reduction runs
-// while bucket b+1 is being packed; Finish() waits for all of them. Issuing
-// each bucket from inside backward, as its last gradient is produced, needs a
-// hook in the model's backward and comes later (issue 5).
+// When it runs. Either all at once after backward: Start() packs each
+// bucket and issues its collective (bucket b's reduction runs while b+1 is
+// packed), Finish() waits. Or during backward, overlapped with it: the
+// model's backward hook calls MarkReady(p) once p's gradient is final (its
+// last micro-batch), and a bucket is packed and issued as soon as all its
+// parameters are ready and every earlier bucket has been issued (so every
+// rank issues the same collectives in the same order); Finish() issues what
+// is left and waits.
 #ifndef MOE_PARALLEL_GRAD_BUCKETS_H_
 #define MOE_PARALLEL_GRAD_BUCKETS_H_
 
 #include <cstdint>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/layers/parameter.h"
@@ -62,6 +67,11 @@ class GradBuckets {
 
   // Packs every bucket and issues its reduction (see the header comment).
   void Start();
+  // p's gradient is final: issue its bucket once complete (header comment).
+  // p must be one of the parameters; marking one twice before Finish dies.
+  void MarkReady(const Parameter* p);
+  // Buckets issued so far in this reduction (for tests and overlap reports).
+  size_t issued() const { return handles_.size(); }
   // Waits for every reduction; in kAllReduce copies the sums back into the grads.
   void Finish();
   void Reduce() {
@@ -88,8 +98,14 @@ class GradBuckets {
   Communicator* dp_;
   Mode mode_;
   std::vector<Bucket> buckets_;
-  std::vector<HandlePtr> handles_;
+  // Packs bucket b and issues its collective.
+  void Issue(size_t b);
+
+  std::vector<HandlePtr> handles_;  // of buckets [0, handles_.size())
   int64_t num_elements_ = 0;
+  std::unordered_map<const Parameter*, size_t> bucket_of_;
+  std::vector<size_t> ready_;  // per bucket: parameters marked ready
+  std::unordered_set<const Parameter*> marked_;
 };
 
 }  // namespace moe

@@ -104,6 +104,46 @@ TEST(GradBucketsTest, AllReduceSumsEveryGradient) {
   }
 }
 
+// As backward would: parameters marked ready in reverse order, each bucket
+// issued as soon as its last parameter is ready (not before), the same sums
+// as Reduce(), in both modes.
+TEST(GradBucketsTest, MarkReadyIssuesEachBucketWhenItsLastParameterIsReady) {
+  for (GradBuckets::Mode mode :
+       {GradBuckets::Mode::kAllReduce, GradBuckets::Mode::kReduceScatter}) {
+    auto params = MakeParams();
+    auto expected = MakeParams();
+    GradBuckets buckets(Pointers(params), &World(), 64, mode);
+    GradBuckets reference(Pointers(expected), &World(), 64, mode);
+    SetLocalGrads(params, 3);
+    SetLocalGrads(expected, 3);
+    reference.Reduce();
+    size_t completed = 0;  // buckets whose every parameter is marked
+    size_t marked_in_bucket = 0;
+    for (auto it = params.rbegin(); it != params.rend(); ++it) {
+      buckets.MarkReady(it->get());
+      if (++marked_in_bucket == buckets.buckets()[completed].slots.size()) {
+        ++completed;
+        marked_in_bucket = 0;
+      }
+      EXPECT_EQ(buckets.issued(), completed) << "after " << (*it)->name;
+    }
+    buckets.Finish();
+    for (size_t b = 0; b < buckets.buckets().size(); ++b) {
+      const Tensor& got = mode == GradBuckets::Mode::kAllReduce ? buckets.buckets()[b].flat
+                                                                : buckets.buckets()[b].shard;
+      const Tensor& want = mode == GradBuckets::Mode::kAllReduce ? reference.buckets()[b].flat
+                                                                 : reference.buckets()[b].shard;
+      EXPECT_EQ(MaxRelativeError(got, want), 0.0) << "bucket " << b;
+    }
+    EXPECT_DEATH(
+        {
+          buckets.MarkReady(params[0].get());
+          buckets.MarkReady(params[0].get());
+        },
+        "marked twice");
+  }
+}
+
 TEST(GradBucketsTest, ReduceScatterKeepsTheOwnChunk) {
   auto params = MakeParams();
   auto expected = MakeParams();
