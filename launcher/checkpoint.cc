@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "launcher/checkpoint_format.h"
 #include "model/hf_checkpoint.h"
+#include "parallel/tensor_parallel/shard.h"
 
 namespace moe {
 namespace {
@@ -108,10 +109,14 @@ TensorSlice BoxOf(const Parameter& p) {
 // Whether this rank writes its copy of `p` (sharded_over_dp = false), or its
 // distributed-optimizer chunks of `p` (true: DP shards rather than
 // replicates them): of a set of replicas, the one at coordinate 0 writes.
-bool WritesCopy(const RankCoords& c, const Parameter& p, bool sharded_over_dp) {
+// Over TP a parameter has TpCopies holders: all TP ranks for a whole one, one
+// for a slice only it has, and for attention's replicated key/value heads
+// the runs of TP / groups consecutive TP ranks that share one query group
+// (parallel/tensor_parallel/tp_attention.h), whose first rank writes.
+bool WritesCopy(const RankCoords& c, int tp_size, const Parameter& p, bool sharded_over_dp) {
   if (IsExpertParameter(p.name))
     return (sharded_over_dp || c.edp == 0) && (IsSliced(p) || c.etp == 0);
-  return (sharded_over_dp || c.dp == 0) && c.cp == 0 && (IsSliced(p) || c.tp == 0);
+  return (sharded_over_dp || c.dp == 0) && c.cp == 0 && c.tp % TpCopies(p, tp_size) == 0;
 }
 
 // The distributed optimizers of a trainer: the dense one and, under expert
@@ -419,12 +424,13 @@ absl::StatusOr<CheckpointSaveInfo> SaveCheckpoint(Trainer& trainer, const std::s
 
   // This rank's share: see the header comment.
   const RankCoords coords = trainer.grid().Coords(rank);
+  const int tp_size = trainer.grid().sizes().tp;
   std::vector<ShardTensor> tensors;
   AdamW* adam = trainer.optimizer();
   const std::vector<Parameter*> params = trainer.model().Parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     const Parameter& p = *params[i];
-    if (!WritesCopy(coords, p, /*sharded_over_dp=*/false)) continue;
+    if (!WritesCopy(coords, tp_size, p, /*sharded_over_dp=*/false)) continue;
     tensors.push_back({p.name, BoxOf(p), OnCpu(p.value)});
     if (adam == nullptr) continue;
     // The replicated optimizer's params are the model's, in the same order.
@@ -444,7 +450,7 @@ absl::StatusOr<CheckpointSaveInfo> SaveCheckpoint(Trainer& trainer, const std::s
   for (DistributedOptimizer* dist : DistOptimizers(trainer)) {
     for (const DistributedOptimizer::ShardPiece& piece : dist->ShardPieces()) {
       const Parameter& p = *piece.param;
-      if (!WritesCopy(coords, p, /*sharded_over_dp=*/true)) continue;
+      if (!WritesCopy(coords, tp_size, p, /*sharded_over_dp=*/true)) continue;
       const TensorSlice run = TensorSlice::FlatRun(BoxOf(p), p.value.shape(), piece.offset);
       tensors.push_back({OptimizerStateName(kExpAvg, p.name), run, piece.exp_avg});
       tensors.push_back({OptimizerStateName(kExpAvgSq, p.name), run, piece.exp_avg_sq});

@@ -11,6 +11,7 @@
 #include "core/optim/grad_clip.h"
 #include "launcher/checkpoint.h"
 #include "parallel/local_communicator.h"
+#include "parallel/tensor_parallel/shard.h"
 
 namespace moe {
 namespace {
@@ -95,19 +96,6 @@ double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
-std::string Count(int64_t n) {
-  if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
-  if (n >= 1'000'000) return absl::StrFormat("%.2fM", n / 1e6);
-  if (n >= 1'000) return absl::StrFormat("%.1fk", n / 1e3);
-  return absl::StrCat(n);
-}
-
-std::string Bytes(double n) {
-  if (n >= 1e9) return absl::StrFormat("%.2f GB", n / 1e9);
-  if (n >= 1e6) return absl::StrFormat("%.1f MB", n / 1e6);
-  return absl::StrFormat("%.1f kB", n / 1e3);
-}
-
 }  // namespace
 
 namespace {
@@ -138,102 +126,54 @@ absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_
 
 absl::Status CheckParallelImplemented(const TrainerOptions& options) {
   const ParallelSizes& p = options.parallel;
-  for (auto [flag, size] :
-       {std::pair{"--tensor_model_parallel_size", p.tp}, std::pair{"--context_parallel_size", p.cp},
-        std::pair{"--pipeline_model_parallel_size", p.pp},
-        std::pair{"--expert_tensor_parallel_size", p.etp}}) {
+  for (auto [flag, size] : {std::pair{"--context_parallel_size", p.cp},
+                            std::pair{"--pipeline_model_parallel_size", p.pp},
+                            std::pair{"--expert_tensor_parallel_size", p.etp}}) {
     if (size != 1) {
       return absl::UnimplementedError(absl::StrCat(
           flag, "=", size,
-          ": not implemented yet (issue 5/6); data and expert parallelism run today: ",
-          "set it to 1 and every rank becomes a data-parallel rank (--print_grid shows the "
-          "layout it would build)"));
+          ": not implemented yet (issue 5/6); tensor (with sequence), data and expert "
+          "parallelism run today: set it to 1 (--print_grid shows the layout it would build)"));
     }
   }
-  if (options.sequence_parallel) {
-    return absl::UnimplementedError(
-        "--sequence_parallel: not implemented yet (issue 5/6); it needs "
-        "--tensor_model_parallel_size > 1, which is not built yet either: drop the flag");
+  // Megatron-Core asserts the same for MoE: without sequence parallelism
+  // every TP rank would route (and send to the experts) the same tokens.
+  if (p.tp > 1 && !options.sequence_parallel) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tensor_model_parallel_size=", p.tp,
+        " needs --sequence_parallel: in an MoE model each tensor-parallel rank routes its own "
+        "slice of the sequence (as Megatron-Core requires); add --sequence_parallel"));
+  }
+  if (options.sequence_parallel && p.tp == 1) {
+    return absl::InvalidArgumentError(
+        "--sequence_parallel needs --tensor_model_parallel_size > 1: it splits each sequence "
+        "over the tensor-parallel ranks; drop the flag or set --tensor_model_parallel_size");
+  }
+  if (p.tp > 1) {
+    const auto next_multiple = [&](int64_t n) { return (n + p.tp - 1) / p.tp * p.tp; };
+    if (options.model.vocab_size % p.tp != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--vocab_size=", options.model.vocab_size,
+          " is not divisible by --tensor_model_parallel_size=", p.tp,
+          ": each tensor-parallel rank holds an equal slice of the embedding and LM head rows; "
+          "pad the vocabulary, e.g. --vocab_size=",
+          next_multiple(options.model.vocab_size)));
+    }
+    if (options.seq_length % p.tp != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--seq_length=", options.seq_length,
+          " is not divisible by --tensor_model_parallel_size=", p.tp,
+          ": --sequence_parallel gives each tensor-parallel rank an equal slice of every "
+          "sequence; e.g. --seq_length=",
+          next_multiple(options.seq_length)));
+    }
   }
   return absl::OkStatus();
-}
-
-bool SimulatedNetworkOn(const SimulatedNetworkOptions& options) {
-  return options.latency_us > 0 || options.bandwidth_gb_per_s > 0;
-}
-
-std::string DescribeSimulatedNetwork(const SimulatedNetworkOptions& o) {
-  if (!SimulatedNetworkOn(o)) return "off";
-  return absl::StrFormat(
-      "on: alpha %g us per operation + bytes / beta, beta %s (ring all-reduce 2 (n-1)/n bytes, "
-      "reduce-scatter and all-gather (n-1)/n; parallel/simulated_network.h)",
-      o.latency_us,
-      o.bandwidth_gb_per_s > 0
-          ? absl::StrFormat("%g Gbit/s = %g GB/s", 8 * o.bandwidth_gb_per_s, o.bandwidth_gb_per_s)
-          : std::string("unlimited"));
 }
 
 int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size) {
   if (options.ddp_bucket_size > 0) return options.ddp_bucket_size;
   return std::max<int64_t>(40'000'000, int64_t{1'000'000} * dp_size);
-}
-
-// Per rank, in bytes (fp32 everywhere on the CPU; N parameters, DP ranks):
-//   parameters          4 N
-//   gradients           4 N in Parameter::grad, plus with DP > 1 or the
-//                       distributed optimizer the flat bucket copy 4 N
-//                       (+ 4 N / DP for the reduce-scattered chunk)
-//   optimizer state     AdamW: exp_avg + exp_avg_sq = 8 N;
-//                       distributed: master + exp_avg + exp_avg_sq of one
-//                       chunk = 12 ceil(N / DP)
-//   activations         per micro-batch of T = micro_batch_size * seq_length
-//                       tokens, the tensors every layer's Saved holds, each
-//                       counted on its own (so shared ones are counted twice:
-//                       an over-estimate), 4 bytes each:
-//                         per layer  T (8 h + 4 a d + 2 g d + a + E + 4 k + k (2 h + 3 f))
-//                         (norm inputs and outputs, q/k/v/out/lse of attention,
-//                         router logits and ids, each routed row's expert input,
-//                         w1/w3/SwiGLU outputs and output)
-//                         head       T (3 h + 2)
-//                       with h hidden, a heads, g query groups, d head dim,
-//                       E experts, k top-k, f expert ffn width. Scratch of
-//                       the layer being run is not included.
-std::string MemoryReport(const TrainerOptions& o, int64_t num_parameters, int dp_size) {
-  const ModelConfig& c = o.model;
-  // The routed experts are split over EP and replicated over EDP = DP / EP;
-  // everything else is replicated over DP.
-  const double ep = std::max(1, o.parallel.ep);
-  const double dp = dp_size;
-  const double edp = std::max(1.0, dp / ep);
-  const double experts = static_cast<double>(c.num_hidden_layers) *
-                         static_cast<double>(c.num_local_experts) * 3.0 *
-                         static_cast<double>(c.hidden_size * c.intermediate_size);
-  const double dense = static_cast<double>(num_parameters) - experts;
-  const double n = dense + experts / ep;  // held by one rank
-  const double params = 4.0 * n;
-  const double chunk = std::ceil(dense / dp) + std::ceil(experts / ep / edp);
-  const bool buckets = dp_size > 1 || o.use_distributed_optimizer;
-  const double grads =
-      4.0 * n + (buckets ? 4.0 * n : 0.0) + (o.use_distributed_optimizer ? 4.0 * chunk : 0.0);
-  const double adam = 8.0 * n;
-  const double sharded = 12.0 * chunk;
-  const double t = static_cast<double>(o.micro_batch_size * o.seq_length);
-  const double h = c.hidden_size, a = c.num_attention_heads, g = c.num_key_value_heads,
-               d = c.resolved_head_dim(), e = c.num_local_experts, k = c.num_experts_per_tok,
-               f = c.intermediate_size;
-  const double per_layer =
-      t * (8 * h + 4 * a * d + 2 * g * d + a + e + 4 * k + k * (2 * h + 3 * f));
-  const double activations = 4.0 * (c.num_hidden_layers * per_layer + t * (3 * h + 2));
-  const double optimizer = o.use_distributed_optimizer ? sharded : adam;
-  std::string s;
-  absl::StrAppendFormat(
-      &s,
-      "memory    per rank: params %s | grads %s | optimizer %s (AdamW %s; distributed over "
-      "DP=%d %s)%s | activations <= %s per micro-batch | total ~%s\n",
-      Bytes(params), Bytes(grads), Bytes(optimizer), Bytes(adam), dp_size, Bytes(sharded),
-      o.use_distributed_optimizer ? " [distributed]" : "", Bytes(activations),
-      Bytes(params + grads + optimizer + activations));
-  return s;
 }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerOptions& options,
@@ -289,22 +229,27 @@ Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<
       grid_(std::move(grid)),
       owned_world_(std::move(owned_world)),
       world_(world),
+      // Every rank splits the same groups in the same order (the grid is the same everywhere).
+      tp_(grid_.sizes().tp > 1 ? SplitGroup(world_, grid_, GroupKind::kTp) : nullptr),
       dp_(SplitGroup(world_, grid_, GroupKind::kDp)),
       ep_(grid_.sizes().ep > 1 ? SplitGroup(world_, grid_, GroupKind::kEp) : nullptr),
-      edp_(grid_.sizes().ep > 1 ? SplitGroup(world_, grid_, GroupKind::kEdp) : nullptr),
-      model_(
-          options.model, DType::kF32, Device::kCpu,
-          ModelParallel{
-              .ep = ep_.get(), .dp = dp_.get(), .dispatcher = options.moe_token_dispatcher_type}),
+      edp_(grid_.sizes().ep > 1 || grid_.sizes().tp > 1 ? SplitGroup(world_, grid_, GroupKind::kEdp)
+                                                        : nullptr),
+      model_(options.model, DType::kF32, Device::kCpu,
+             ModelParallel{.tp = tp_.get(),
+                           .sequence_parallel = options.sequence_parallel,
+                           .ep = ep_.get(),
+                           .dp = dp_.get(),
+                           .dispatcher = options.moe_token_dispatcher_type}),
       schedule_(options.lr) {
   // The optimizers copy the weights (masters) when built: initialise first.
   model_.InitializeWeights(options.seed);
   const int64_t bucket_bytes = 4 * ResolvedBucketElements(options, dp_->size());
-  // With EP > 1 the experts form their own group, reduced over EDP.
+  // With EP > 1 or TP > 1 the experts form their own group, reduced over EDP.
   const std::vector<Parameter*> dense =
-      ep_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
+      edp_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
   const std::vector<Parameter*> experts =
-      ep_ != nullptr ? model_.ExpertParameters() : std::vector<Parameter*>{};
+      edp_ != nullptr ? model_.ExpertParameters() : std::vector<Parameter*>{};
   if (options.use_distributed_optimizer) {
     dist_optimizer_ =
         std::make_unique<DistributedOptimizer>(dense, dp_.get(), options.adam, bucket_bytes);
@@ -333,6 +278,46 @@ void Trainer::SumOverDp(std::vector<double>* values) const {
 }
 
 namespace {
+
+// Sums the grads of `params` over `tp` (one all-reduce of a packed buffer).
+void SumGradsOverTp(const std::vector<Parameter*>& params, Communicator* tp) {
+  int64_t total = 0;
+  for (const Parameter* p : params) total += p->grad.numel();
+  if (total == 0) return;
+  Tensor flat = Tensor::Empty({total}, DType::kF32);
+  float* out = flat.data<float>();
+  for (const Parameter* p : params) out = std::copy_n(p->grad.data<float>(), p->grad.numel(), out);
+  tp->AllReduceSync(flat, ReduceOp::kSum);
+  const float* in = flat.data<float>();
+  for (Parameter* p : params) {
+    std::copy_n(in, p->grad.numel(), p->grad.data<float>());
+    in += p->grad.numel();
+  }
+}
+
+// GradBuckets::OwnedSquaredNorm with each parameter's squares divided by
+// the number of TP ranks holding a copy of it (TpCopies), so that the sum
+// over the world counts every element of the whole model once.
+double TpWeightedOwnedSquares(const GradBuckets& buckets, int tp_size) {
+  double total = 0;
+  for (size_t b = 0; b < buckets.buckets().size(); ++b) {
+    const GradBuckets::Bucket& bucket = buckets.buckets()[b];
+    const int64_t begin = buckets.ChunkBegin(b), end = begin + buckets.ChunkSize(b);
+    const float* chunk = buckets.mode() == GradBuckets::Mode::kAllReduce
+                             ? bucket.flat.data<float>() + begin
+                             : bucket.shard.data<float>();
+    for (const GradBuckets::Slot& slot : bucket.slots) {
+      const int64_t lo = std::max(slot.offset, begin);
+      const int64_t hi = std::min(slot.offset + slot.param->grad.numel(), end);
+      double squares = 0;
+      for (int64_t i = lo; i < hi; ++i) {
+        squares += static_cast<double>(chunk[i - begin]) * chunk[i - begin];
+      }
+      if (lo < hi) total += squares / static_cast<double>(TpCopies(*slot.param, tp_size));
+    }
+  }
+  return total;
+}
 
 // Fails unless every rank of `group` holds the same values of `params`. A
 // weighted sum also catches weights that are permuted or belong to another
@@ -369,34 +354,65 @@ absl::Status CheckSameOverGroup(const std::vector<Parameter*>& params, Communica
 absl::Status Trainer::CheckReplicasAgree() {
   // Initialisation is keyed by (seed, name, element index), so every rank
   // draws the same weights with no broadcast; this checks it: the
-  // non-expert weights over all ranks, each expert over its EDP replicas.
-  if (ep_ == nullptr) return CheckSameOverGroup(model_.Parameters(), world_, "weights");
-  if (absl::Status s = CheckSameOverGroup(model_.NonExpertParameters(), world_, "weights");
-      !s.ok()) {
-    return s;
+  // non-expert weights over all ranks (under TP: the TP slices over their
+  // DP replicas, the whole ones over all ranks), each expert over its EDP
+  // replicas.
+  if (edp_ == nullptr) return CheckSameOverGroup(model_.Parameters(), world_, "weights");
+  if (tp_ == nullptr) {
+    if (absl::Status s = CheckSameOverGroup(model_.NonExpertParameters(), world_, "weights");
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    if (absl::Status s = CheckSameOverGroup(model_.NonExpertParameters(), dp_.get(), "weights");
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            CheckSameOverGroup(model_.TpReplicatedParameters(), world_, "replicated weights");
+        !s.ok()) {
+      return s;
+    }
   }
   return CheckSameOverGroup(model_.ExpertParameters(), edp_.get(), "expert weights");
 }
 
 double Trainer::ReduceAndClip() {
+  // Under TP, the whole-held parameters' grads cover this rank's sequence
+  // shard only: sum them over TP first, then reduce over DP as usual.
+  if (tp_ != nullptr) SumGradsOverTp(model_.TpReplicatedParameters(), tp_.get());
   // Each rank sums the squares of the reduced gradient elements it owns (its
   // chunks when a group is sharded or bucketed over its replicas, else all
-  // of them); summed over the world, every element counts once.
+  // of them; under TP a parameter's divided by its TP copies); summed over
+  // the world, every element counts once.
+  const int tp_size = tp_ != nullptr ? tp_->size() : 1;
   double owned_squares = 0;
   std::vector<Parameter*> owned;  // the grads this rank clips
   if (dist_optimizer_ != nullptr) {
-    for (DistributedOptimizer* dist : {dist_optimizer_.get(), expert_dist_optimizer_.get()}) {
-      if (dist == nullptr) continue;
-      dist->ReduceGradients();
-      owned_squares += dist->OwnedSquaredGradNorm();
-      for (Parameter* p : dist->shard_params()) owned.push_back(p);
+    dist_optimizer_->ReduceGradients();
+    owned_squares += tp_ != nullptr ? TpWeightedOwnedSquares(dist_optimizer_->buckets(), tp_size)
+                                    : dist_optimizer_->OwnedSquaredGradNorm();
+    for (Parameter* p : dist_optimizer_->shard_params()) owned.push_back(p);
+    if (expert_dist_optimizer_ != nullptr) {
+      expert_dist_optimizer_->ReduceGradients();
+      owned_squares += expert_dist_optimizer_->OwnedSquaredGradNorm();
+      for (Parameter* p : expert_dist_optimizer_->shard_params()) owned.push_back(p);
     }
   } else {
     const std::vector<Parameter*> dense =
-        ep_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
-    owned_squares += buckets_ != nullptr ? (buckets_->Reduce(), buckets_->OwnedSquaredNorm())
-                                         : GradSquaredNorm(dense);
-    if (ep_ != nullptr) {
+        edp_ != nullptr ? model_.NonExpertParameters() : model_.Parameters();
+    if (buckets_ != nullptr) {
+      buckets_->Reduce();
+      owned_squares += tp_ != nullptr ? TpWeightedOwnedSquares(*buckets_, tp_size)
+                                      : buckets_->OwnedSquaredNorm();
+    } else if (tp_ != nullptr) {
+      for (Parameter* p : dense) {
+        owned_squares += GradSquaredNorm({p}) / static_cast<double>(TpCopies(*p, tp_size));
+      }
+    } else {
+      owned_squares += GradSquaredNorm(dense);
+    }
+    if (edp_ != nullptr) {
       owned_squares += expert_buckets_ != nullptr
                            ? (expert_buckets_->Reduce(), expert_buckets_->OwnedSquaredNorm())
                            : GradSquaredNorm(model_.ExpertParameters());
@@ -430,62 +446,6 @@ void Trainer::ZeroGrads() {
   } else {
     for (Parameter* p : optimizer_->params()) p->grad.SetZero();
   }
-}
-
-std::string Trainer::Summary() const {
-  const ModelConfig& c = options_.model;
-  const TrainerOptions& o = options_;
-  std::string s;
-  absl::StrAppendFormat(
-      &s,
-      "model     Mixtral: %d layers | hidden %d | ffn %d | %d heads, %d query groups, head dim "
-      "%d | %d experts, top-%d | vocab %d | rotary base %g | norm eps %g | init std %g\n",
-      c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-      c.num_key_value_heads, c.resolved_head_dim(), c.num_local_experts, c.num_experts_per_tok,
-      c.vocab_size, c.rope_theta, c.rms_norm_eps, c.initializer_range);
-  absl::StrAppendFormat(&s, "params    %s total, %s active per token (%d total, %d active)\n",
-                        Count(model_.NumParameters()), Count(model_.NumActiveParameters()),
-                        model_.NumParameters(), model_.NumActiveParameters());
-  absl::StrAppendFormat(
-      &s,
-      "batch     seq %d | micro %d | global %d (%d micro-batches) | %d tokens per step | %d "
-      "steps\n",
-      o.seq_length, o.micro_batch_size, o.global_batch_size,
-      o.global_batch_size / o.micro_batch_size, o.global_batch_size * o.seq_length, o.train_iters);
-  absl::StrAppendFormat(
-      &s,
-      "optimizer AdamW lr %g -> %g (%s, warmup %d, decay %d steps) | betas %g %g | eps %g | "
-      "weight decay %g | clip %g | aux coeff %g | z coeff %g | seed %d\n",
-      o.lr.max_lr, o.lr.min_lr, LrDecayStyleName(o.lr.decay_style), o.lr.warmup_iters,
-      o.lr.decay_iters, o.adam.beta1, o.adam.beta2, o.adam.eps, o.adam.weight_decay, o.clip_grad,
-      c.router_aux_loss_coef, c.router_z_loss_coef, o.seed);
-  const std::string experts =
-      ep_ == nullptr ? std::string("EP 1")
-                     : absl::StrFormat("experts on EP %d x EDP %d (%d per rank, %s dispatcher)",
-                                       ep_->size(), edp_->size(), c.num_local_experts / ep_->size(),
-                                       DispatcherTypeName(o.moe_token_dispatcher_type));
-  absl::StrAppendFormat(&s,
-                        "parallel  %d ranks: DP %d (TP, CP, PP, ETP 1) | %s | %d micro-batches "
-                        "per DP rank | %s optimizer | gradient buckets of %d elements\n",
-                        world_->size(), dp_->size(), experts,
-                        o.global_batch_size / o.micro_batch_size / dp_->size(),
-                        o.use_distributed_optimizer ? "distributed (ZeRO-1)" : "replicated",
-                        ResolvedBucketElements(o, dp_->size()));
-  if (SimulatedNetworkOn(o.sim_network)) {
-    absl::StrAppendFormat(&s, "network   simulated %s\n", DescribeSimulatedNetwork(o.sim_network));
-  }
-  absl::StrAppend(&s, MemoryReport(o, model_.NumParameters(), dp_->size()));
-  const int64_t steps_of_data = train_.num_samples() / o.global_batch_size;
-  absl::StrAppendFormat(&s, "data      %s: %d samples (%d steps per pass)\n", o.data_path,
-                        train_.num_samples(), steps_of_data);
-  if (valid_.has_value()) {
-    absl::StrAppendFormat(&s,
-                          "valid     %s: %d samples; %d batches every %d steps and at the end\n",
-                          o.valid_data_path, valid_->num_samples(), o.eval_iters, o.eval_interval);
-  } else {
-    absl::StrAppend(&s, "valid     none (set --valid_data_path to validate)\n");
-  }
-  return s;
 }
 
 absl::Status Trainer::LoadSamples(bool validation, int64_t first, int64_t count) {

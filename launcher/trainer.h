@@ -25,9 +25,8 @@
 // validation set in file order (not shuffled, whatever the seed), so that
 // values taken at different steps, or in runs with other seeds, compare.
 //
-// Data parallelism (DP = the world size for now; TP, CP, PP, EP, ETP = 1).
-// DP rank d reads the samples [(s - 1) * G + d * G / DP, ... + G / DP) of
-// step s, in micro-batches of M, so that each micro-batch holds the same
+// Data parallelism (CP, PP, ETP = 1 for now). DP rank d reads the samples [(s - 1) * G + d * G /
+// DP, ... + G / DP) of step s, in micro-batches of M, so that each micro-batch holds the same
 // samples as on one rank. The label-token count and the logged losses are
 // all-reduced over DP, the aux and z scales are 1 / (G / M) (all
 // micro-batches of the global batch), and the gradients are summed over DP
@@ -36,6 +35,19 @@
 // use_distributed_optimizer, AdamW's state is sharded over DP
 // (parallel/distributed_optimizer.h). Validation splits each global batch
 // the same way and all-reduces the loss sums.
+//
+// Tensor parallelism (TP > 1, always with --sequence_parallel, as
+// Megatron-Core requires for MoE models): the TP ranks of one DP rank read
+// the same samples and compute the same losses (model/model.h), so every
+// sum above stays over DP only. The parameters every TP rank holds whole
+// (norms, routers) get their gradient from the rank's own sequence shard:
+// they are summed over TP before the DP reduction (Megatron's
+// finalize_model_grads). The global norm counts each TP rank's squares of a
+// parameter divided by the number of TP ranks holding it (TpCopies).
+//
+// Experts: the expert grid folds EP over TP x DP, EDP = TP * DP / EP. With
+// EP > 1 or TP > 1 the routed experts' gradients form their own group,
+// reduced over EDP (the other parameters over DP).
 #ifndef MOE_LAUNCHER_TRAINER_H_
 #define MOE_LAUNCHER_TRAINER_H_
 
@@ -83,8 +95,8 @@ struct TrainerOptions {
   int64_t eval_iters = 100;
   int64_t log_interval = 100;
   int max_nonfinite_steps = 3;  // consecutive skipped steps before Train() gives up
-  // Megatron-LM's --tensor_model_parallel_size, ... (train_flags.h rejects
-  // anything but 1 until the parallel layers exist); DP is derived.
+  // Megatron-LM's --tensor_model_parallel_size, ... (CheckParallelImplemented
+  // says which run); DP is derived.
   ParallelSizes parallel;
   bool sequence_parallel = false;
   bool use_distributed_optimizer = false;
@@ -112,17 +124,19 @@ std::string DescribeSimulatedNetwork(const SimulatedNetworkOptions& options);
 // The rank grid of a run on `world_size` ranks, validated against the model
 // and the batch (RankGrid::Create; its message names the flags).
 absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_size);
-// Fails, naming the flag, for a layout the trainer cannot run yet: a size
-// other than 1 for TP, CP, PP, EP or ETP, or --sequence_parallel.
+// Fails, naming the flag, for a layout the trainer cannot run: a size other
+// than 1 for CP, PP or ETP (not built yet); TP > 1 without
+// --sequence_parallel, or --sequence_parallel with TP = 1; under TP a
+// --vocab_size or --seq_length that TP does not divide.
 absl::Status CheckParallelImplemented(const TrainerOptions& options);
 
 // Megatron-LM's default gradient bucket: max(40M, 1M * DP) elements.
 int64_t ResolvedBucketElements(const TrainerOptions& options, int dp_size);
 
-// The start-up memory report of one rank: parameters, gradients (and their
-// bucket copy), optimizer state with and without the distributed optimizer,
-// and an estimate of the activations saved per micro-batch. Formula in
-// trainer.cc (MemoryReport).
+// The start-up memory report of one rank: parameters (its TP slices and EP
+// experts), gradients (and their bucket copy), optimizer state with and
+// without the distributed optimizer, and an estimate of the activations
+// saved per micro-batch. Formula in trainer_report.cc (MemoryReport).
 std::string MemoryReport(const TrainerOptions& options, int64_t num_parameters, int dp_size);
 
 class Trainer {
@@ -178,10 +192,11 @@ class Trainer {
   // (replicated AdamW) and distributed_optimizer() is non-null.
   Communicator* world() const { return world_; }
   Communicator* dp() const { return dp_.get(); }
+  Communicator* tp() const { return tp_.get(); }  // null when TP = 1
   AdamW* optimizer() { return optimizer_.get(); }
   DistributedOptimizer* distributed_optimizer() { return dist_optimizer_.get(); }
-  // With EP > 1 and the distributed optimizer: the experts' (sharded over
-  // EDP); null otherwise.
+  // With EP > 1 or TP > 1 and the distributed optimizer: the experts'
+  // (sharded over EDP); null otherwise.
   DistributedOptimizer* expert_distributed_optimizer() { return expert_dist_optimizer_.get(); }
   Communicator* ep() const { return ep_.get(); }
   Communicator* edp() const { return edp_.get(); }
@@ -234,13 +249,16 @@ class Trainer {
   // When Create was given none, or the SimulatedNetwork wrapping `world`.
   std::unique_ptr<Communicator> owned_world_;
   Communicator* world_;
-  std::unique_ptr<Communicator> dp_;   // the data-parallel group
-  std::unique_ptr<Communicator> ep_;   // expert parallel (null when EP = 1)
-  std::unique_ptr<Communicator> edp_;  // expert data parallel (null when EP = 1)
+  std::unique_ptr<Communicator> tp_;  // tensor parallel (null when TP = 1)
+  std::unique_ptr<Communicator> dp_;  // the data-parallel group
+  std::unique_ptr<Communicator> ep_;  // expert parallel (null when EP = 1)
+  // Expert data parallel: null unless EP > 1 or TP > 1, when the experts'
+  // gradients are reduced over it instead of over DP.
+  std::unique_ptr<Communicator> edp_;
   Model model_;
   // Replicated AdamW over every local parameter, with buckets_ reducing
   // grads over DP when DP > 1; or the distributed optimizer over DP. With
-  // EP > 1 the experts' grads are reduced over EDP instead, by
+  // edp_ the experts' grads are reduced over EDP instead, by
   // expert_buckets_ or expert_dist_optimizer_, and buckets_ /
   // dist_optimizer_ hold the non-expert parameters only.
   std::unique_ptr<AdamW> optimizer_;

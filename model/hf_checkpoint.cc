@@ -1,6 +1,7 @@
 #include "model/hf_checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -182,6 +183,38 @@ bool IsLoadableDType(const SafetensorsEntry& entry) {
   return entry.dtype == DType::kF32 || entry.dtype == DType::kBF16 || entry.dtype == DType::kF64;
 }
 
+// The whole tensor's shape of a parameter that may be a tensor-parallel
+// slice (Parameter::slice; a Parameter made without one is whole).
+const Shape& GlobalShape(const Parameter& p) {
+  return p.slice.offsets.size() == p.value.shape().size() ? p.slice.global_shape : p.value.shape();
+}
+
+bool IsSlice(const Parameter& p) { return GlobalShape(p) != p.value.shape(); }
+
+// Copies the box `slice` of the contiguous CPU tensor `whole` into `out`
+// (its shape is the box's), one innermost run at a time.
+void CopyBox(const Tensor& whole, const ShardSlice& slice, Tensor* out) {
+  const Shape& box = out->shape();
+  const int ndim = static_cast<int>(box.size());
+  const size_t elem = DTypeSize(whole.dtype());
+  const int64_t run = ndim == 0 ? 1 : box[ndim - 1];
+  const int64_t runs = run == 0 ? 0 : out->numel() / run;
+  const char* src = static_cast<const char*>(whole.raw_data());
+  char* dst = static_cast<char*>(out->raw_data());
+  std::vector<int64_t> index(static_cast<size_t>(ndim), 0);  // of the run in the box
+  for (int64_t r = 0; r < runs; ++r) {
+    int64_t offset = 0;  // flat element offset of the run's start in `whole`
+    for (int d = 0; d < ndim; ++d) {
+      offset = offset * whole.shape()[d] + slice.offsets[d] + index[d];
+    }
+    std::memcpy(dst + r * run * elem, src + offset * elem, run * elem);
+    for (int d = ndim - 2; d >= 0; --d) {  // next run: odometer over the outer dimensions
+      if (++index[d] < box[d]) break;
+      index[d] = 0;
+    }
+  }
+}
+
 // Checks that the stored tensors and the model's parameters correspond one to
 // one, with loadable dtypes and matching shapes, before anything is read.
 absl::Status CheckCorrespondence(const StoredWeights& stored, const std::vector<Parameter*>& params,
@@ -221,10 +254,10 @@ absl::Status CheckCorrespondence(const StoredWeights& stored, const std::vector<
           ", which is not supported (F32, BF16 and F64 are); convert the checkpoint first, "
           "e.g. model.to(torch.bfloat16).save_pretrained(...)"));
     }
-    if (entry.shape != p->value.shape()) {
+    if (entry.shape != GlobalShape(*p)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor ", Quoted(p->name), " in ", file.path(), " has shape ",
-          ShapeToString(entry.shape), ", but the model expects ", p->value.ShapeString(),
+          ShapeToString(entry.shape), ", but the model expects ", ShapeToString(GlobalShape(*p)),
           "; config.json does not describe these weights (check hidden_size, "
           "intermediate_size, the head counts and vocab_size)"));
     }
@@ -234,10 +267,19 @@ absl::Status CheckCorrespondence(const StoredWeights& stored, const std::vector<
 
 absl::Status LoadParameter(const SafetensorsFile& file, Parameter* p) {
   const SafetensorsEntry& entry = *file.Find(p->name);
-  if (entry.dtype == p->value.dtype()) return file.ReadInto(p->name, p->value);
+  if (entry.dtype == p->value.dtype() && !IsSlice(*p)) return file.ReadInto(p->name, p->value);
   absl::StatusOr<Tensor> stored = file.Read(p->name);
   if (!stored.ok()) return stored.status();
-  p->value.CopyFrom(stored->Cast(p->value.dtype()));
+  const Tensor whole =
+      stored->dtype() == p->value.dtype() ? *stored : stored->Cast(p->value.dtype());
+  if (!IsSlice(*p)) {
+    p->value.CopyFrom(whole);
+    return absl::OkStatus();
+  }
+  // A tensor-parallel slice: this rank's box of the whole tensor.
+  Tensor box = Tensor::Empty(p->value.shape(), p->value.dtype());
+  CopyBox(whole, p->slice, &box);
+  p->value.CopyFrom(box);
   return absl::OkStatus();
 }
 

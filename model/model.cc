@@ -1,8 +1,11 @@
 #include "model/model.h"
 
+#include <algorithm>
+#include <set>
 #include <utility>
 
 #include "core/philox.h"
+#include "parallel/tensor_parallel/sequence_parallel.h"
 
 namespace moe {
 namespace {
@@ -21,6 +24,17 @@ bool IsExpertWeight(std::string_view hf_name) {
   return hf_name.find(".block_sparse_moe.experts.") != std::string_view::npos;
 }
 
+// Where p's value sits in the whole tensor: its slice, or the whole of it
+// for a Parameter made without one (the experts' per-expert views).
+ShardSlice SliceOf(const Parameter& p) {
+  if (p.slice.offsets.size() != p.value.shape().size()) return ShardSlice::Whole(p.value.shape());
+  return p.slice;
+}
+
+Communicator* TensorParallelGroup(const ModelParallel& parallel) {
+  return parallel.tensor_parallel() ? parallel.tp : nullptr;
+}
+
 }  // namespace
 
 uint64_t ParameterStream(std::string_view hf_name) {
@@ -36,20 +50,35 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, const ModelP
     : config_(CheckedConfig(config)),
       dtype_(dtype),
       device_(device),
+      tp_(TensorParallelGroup(parallel)),
       rope_(std::make_shared<const Rope>(config_.resolved_head_dim(),
                                          config_.max_position_embeddings, config_.rope_theta, dtype,
                                          device)),
-      embed_tokens_("model.embed_tokens", config_.vocab_size, config_.hidden_size, dtype, device),
       norm_("model.norm", config_.hidden_size, config_.rms_norm_eps, dtype, device),
-      lm_head_("lm_head", config_.hidden_size, config_.vocab_size, dtype, device),
-      lm_loss_(/*vocab_chunk=*/4096),
       router_loss_(config_, parallel.dp) {
+  constexpr int64_t kVocabChunk = 4096;
+  if (tp_ == nullptr) {
+    embed_tokens_.emplace("model.embed_tokens", config_.vocab_size, config_.hidden_size, dtype,
+                          device);
+    lm_head_.emplace("lm_head", config_.hidden_size, config_.vocab_size, dtype, device);
+    lm_loss_.emplace(kVocabChunk);
+  } else {
+    MOE_CHECK(parallel.sequence_parallel)
+        << "Model: tensor parallelism (TP = " << tp_->size() << ") needs sequence parallelism "
+        << "in an MoE model (Megatron-Core asserts the same); set "
+        << "ModelParallel::sequence_parallel";
+    tp_embed_tokens_.emplace("model.embed_tokens", config_.vocab_size, config_.hidden_size, tp_,
+                             /*sequence_parallel=*/true, dtype, device);
+    tp_lm_head_.emplace("lm_head", config_.hidden_size, config_.vocab_size, tp_,
+                        /*sequence_parallel=*/true, dtype, device);
+    tp_lm_loss_.emplace(tp_, /*sequence_parallel=*/true, kVocabChunk);
+  }
   // Reserved up front: Parameters() points into the blocks, which must not move.
   layers_.reserve(config_.num_hidden_layers);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     layers_.emplace_back(i, config_, rope_, dtype, device, parallel);
   }
-  for (Parameter* p : Parameters()) num_parameters_ += p->value.numel();
+  for (Parameter* p : Parameters()) num_parameters_ += NumElements(SliceOf(*p).global_shape);
   // Counts are of the whole model: add the experts other EP ranks hold.
   const int64_t expert_params = 3 * config_.hidden_size * config_.intermediate_size;
   const int64_t held = layers_.empty() ? 0 : layers_[0].block_sparse_moe().experts().num_experts();
@@ -66,20 +95,20 @@ void Model::InitializeWeights(uint64_t seed) {
     if (IsNormWeight(p->name)) {
       for (int64_t i = 0; i < host.numel(); ++i) host.SetFromDouble(i, 1.0);
     } else {
-      InitNormal(&host, ShardSlice::Whole(host.shape()), seed, ParameterStream(p->name),
-                 /*mean=*/0.0, config_.initializer_range);
+      InitNormal(&host, SliceOf(*p), seed, ParameterStream(p->name), /*mean=*/0.0,
+                 config_.initializer_range);
     }
     p->value.CopyFrom(host);
   }
 }
 
 std::vector<Parameter*> Model::Parameters() {
-  std::vector<Parameter*> params = {&embed_tokens_.weight()};
+  std::vector<Parameter*> params = {tp_ ? &tp_embed_tokens_->weight() : &embed_tokens_->weight()};
   for (TransformerBlock& layer : layers_) {
     for (Parameter* p : layer.Parameters()) params.push_back(p);
   }
   params.push_back(&norm_.weight());
-  params.push_back(&lm_head_.weight());
+  params.push_back(tp_ ? &tp_lm_head_->weight() : &lm_head_->weight());
   return params;
 }
 
@@ -105,6 +134,22 @@ std::vector<Parameter*> Model::NonExpertParameters() {
   std::vector<Parameter*> params;
   for (Parameter* p : Parameters()) {
     if (!IsExpertWeight(p->name)) params.push_back(p);
+  }
+  return params;
+}
+
+std::vector<Parameter*> Model::TpReplicatedParameters() {
+  if (tp_ == nullptr) return {};
+  // Everything but the split layers' slices (whose gradients are whole:
+  // those layers gather the sequence) and the routed experts (reduced over
+  // their own expert-data-parallel group).
+  std::set<const Parameter*> split = {&tp_embed_tokens_->weight(), &tp_lm_head_->weight()};
+  for (TransformerBlock& layer : layers_) {
+    for (Parameter* p : layer.tp_self_attn()->Parameters()) split.insert(p);
+  }
+  std::vector<Parameter*> params;
+  for (Parameter* p : NonExpertParameters()) {
+    if (!split.contains(p)) params.push_back(p);
   }
   return params;
 }
@@ -140,7 +185,13 @@ Tensor Model::ForwardHidden(const Tensor& input_ids, Saved* saved, Routing* rout
   routing->tokens_E.resize(layers);
   routing->dropped_E.resize(layers);
 
-  Tensor x = embed_tokens_.Forward(input_ids, saved ? &saved->embed_tokens : &embed_scratch);
+  Tensor x;
+  if (tp_ != nullptr) {
+    VocabParallelEmbedding::Saved tp_embed_scratch;
+    x = tp_embed_tokens_->Forward(input_ids, saved ? &saved->tp_embed_tokens : &tp_embed_scratch);
+  } else {
+    x = embed_tokens_->Forward(input_ids, saved ? &saved->embed_tokens : &embed_scratch);
+  }
   for (int64_t i = 0; i < layers; ++i) {
     TransformerBlock::Output out =
         layers_[i].Forward(x, saved ? &saved->layers[i] : &layer_scratch);
@@ -161,11 +212,19 @@ Losses Model::ForwardLoss(const Tensor& input_ids, const Tensor& labels, Saved* 
   MOE_CHECK(labels.shape() == input_ids.shape())
       << "Model: labels " << labels.Describe() << " must match input_ids " << input_ids.Describe();
   const Tensor hidden = ForwardHidden(input_ids, saved, routing);
-  const int64_t tokens = input_ids.numel();
-  CrossEntropy::Saved lm_scratch;
-  const CrossEntropy::Result lm =
-      lm_loss_.Forward(hidden.Reshape({tokens, config_.hidden_size}), lm_head_.weight().value,
-                       labels.Reshape({tokens}), saved ? &saved->lm_loss : &lm_scratch);
+  CrossEntropy::Result lm;
+  if (tp_ != nullptr) {
+    // The vocab-parallel loss gathers the sequence shards itself.
+    VocabParallelCrossEntropy::Saved lm_scratch;
+    lm = tp_lm_loss_->Forward(hidden, tp_lm_head_->weight().value, labels,
+                              saved ? &saved->tp_lm_loss : &lm_scratch);
+    SumRoutingOverTp(routing);
+  } else {
+    const int64_t tokens = input_ids.numel();
+    CrossEntropy::Saved lm_scratch;
+    lm = lm_loss_->Forward(hidden.Reshape({tokens, config_.hidden_size}), lm_head_->weight().value,
+                           labels.Reshape({tokens}), saved ? &saved->lm_loss : &lm_scratch);
+  }
   *router_losses = router_loss_.Compute(routing->stats, routing->seq_stats, scales,
                                         /*training=*/saved != nullptr);
   Losses losses;
@@ -193,13 +252,19 @@ Losses Model::ForwardBackward(const Tensor& input_ids, const Tensor& labels,
                                     {.aux = scales.aux, .z = scales.z}, &router_losses);
 
   // Backward: the forward's layer calls in reverse.
-  Parameter& lm_head = lm_head_.weight();
-  const Tensor dhidden = lm_loss_.Backward(scales.lm, lm_head.value, saved.lm_loss, &lm_head.grad);
+  Parameter& lm_head = tp_ ? tp_lm_head_->weight() : lm_head_->weight();
+  const Tensor dhidden =
+      tp_ ? tp_lm_loss_->Backward(scales.lm, lm_head.value, saved.tp_lm_loss, &lm_head.grad)
+          : lm_loss_->Backward(scales.lm, lm_head.value, saved.lm_loss, &lm_head.grad);
   Tensor dx = norm_.Backward(dhidden.Reshape(saved.norm.x.shape()), saved.norm);
   for (int64_t i = config_.num_hidden_layers - 1; i >= 0; --i) {
     dx = layers_[i].Backward(dx, router_losses.grads[i], saved.layers[i]);
   }
-  embed_tokens_.Backward(dx, saved.embed_tokens);
+  if (tp_ != nullptr) {
+    tp_embed_tokens_->Backward(dx, saved.tp_embed_tokens);
+  } else {
+    embed_tokens_->Backward(dx, saved.embed_tokens);
+  }
   return losses;
 }
 
@@ -221,15 +286,81 @@ Losses Model::Evaluate(const Tensor& input_ids, const Tensor& labels) {
 Tensor Model::Logits(const Tensor& input_ids) {
   Routing routing;
   const Tensor hidden = ForwardHidden(input_ids, /*saved=*/nullptr, &routing);
-  Linear::Saved unused;
-  const Tensor logits = lm_head_.Forward(hidden, &unused);
+  Tensor logits;
+  if (tp_ != nullptr) {
+    // [batch, seq/TP, hidden] -> this rank's vocab columns of the whole
+    // sequence -> every column.
+    ColumnParallelLinear::Saved unused;
+    logits = GatherLastDim(tp_lm_head_->Forward(hidden, &unused), tp_);
+  } else {
+    Linear::Saved unused;
+    logits = lm_head_->Forward(hidden, &unused);
+  }
   return logits.dtype() == DType::kF32 ? logits : logits.Cast(DType::kF32);
 }
 
 std::vector<Tensor> Model::RouterLogits(const Tensor& input_ids) {
   Routing routing;
   ForwardHidden(input_ids, /*saved=*/nullptr, &routing);
-  return routing.logits_TE;
+  if (tp_ == nullptr) return routing.logits_TE;
+  // Each rank's rows are its shard [batch, seq/TP] flattened: gather the
+  // shards back into token order.
+  const int64_t batch = input_ids.dim(0), experts = config_.num_local_experts;
+  std::vector<Tensor> gathered;
+  for (const Tensor& local : routing.logits_TE) {
+    const Tensor shard = local.Reshape({batch, local.dim(0) / batch, experts});
+    gathered.push_back(
+        GatherSequence("Model::RouterLogits", shard, tp_).Reshape({input_ids.numel(), experts}));
+  }
+  return gathered;
+}
+
+void Model::SumRoutingOverTp(Routing* routing) const {
+  // Every field that sums over tokens, in one flat buffer. The shapes are
+  // the same on every TP rank (same config, same micro-batch).
+  std::vector<double*> fields;
+  std::vector<size_t> sizes;
+  const auto add = [&](std::vector<double>* v) {
+    fields.push_back(v->data());
+    sizes.push_back(v->size());
+  };
+  const size_t layers = routing->stats.size();
+  std::vector<double> rows(layers), rows_per_sequence(layers);
+  for (size_t i = 0; i < layers; ++i) {
+    RouterStats& stats = routing->stats[i];
+    SequenceStats& seq = routing->seq_stats[i];
+    rows[i] = static_cast<double>(stats.rows);
+    rows_per_sequence[i] = static_cast<double>(seq.rows_per_sequence);
+    add(&stats.choice_counts);
+    add(&stats.routed_counts);
+    add(&stats.prob_sums);
+    fields.push_back(&stats.z_sum);
+    sizes.push_back(1);
+    fields.push_back(&stats.entropy_sum);
+    sizes.push_back(1);
+    add(&seq.choice_counts);
+    add(&seq.prob_sums);
+    add(&routing->tokens_E[i]);
+    add(&routing->dropped_E[i]);
+  }
+  add(&rows);
+  add(&rows_per_sequence);
+  int64_t total = 0;
+  for (size_t n : sizes) total += static_cast<int64_t>(n);
+  Tensor flat = Tensor::Empty({total}, DType::kF64);
+  double* out = flat.data<double>();
+  for (size_t f = 0; f < fields.size(); ++f) out = std::copy_n(fields[f], sizes[f], out);
+  tp_->AllReduceSync(flat, ReduceOp::kSum);
+  const double* in = flat.data<double>();
+  for (size_t f = 0; f < fields.size(); ++f) {
+    std::copy_n(in, sizes[f], fields[f]);
+    in += sizes[f];
+  }
+  // Counts of rows are whole numbers far below 2^53: exact in double.
+  for (size_t i = 0; i < layers; ++i) {
+    routing->stats[i].rows = static_cast<int64_t>(rows[i]);
+    routing->seq_stats[i].rows_per_sequence = static_cast<int64_t>(rows_per_sequence[i]);
+  }
 }
 
 }  // namespace moe

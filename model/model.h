@@ -17,11 +17,23 @@
 // Parameters are named as Hugging Face saves them, in the order
 // model.embed_tokens, model.layers.{i}.* (TransformerBlock::Parameters()),
 // model.norm, lm_head.
+//
+// Tensor parallelism (ModelParallel::tensor_parallel(), TP > 1, always with
+// sequence parallelism; parallel/tensor_parallel/): the embedding is
+// vocab-parallel and leaves each TP rank its sequence shard
+// [batch, seq/TP, hidden]; the layers and the final norm run on that shard
+// (attention split by heads, the MoE layer on the shard's tokens); the LM
+// head is column-parallel (vocab rows) fused with the vocab-parallel
+// cross-entropy. Every TP rank gets the same losses: the router statistics
+// of each layer are summed over TP before the router losses are taken, so
+// the balancing losses see all the tokens of the micro-batch, as on one
+// rank. Parameters carry their slice of the whole tensor (Parameter::slice).
 #ifndef MOE_MODEL_MODEL_H_
 #define MOE_MODEL_MODEL_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -34,6 +46,9 @@
 #include "model/model_parallel.h"
 #include "model/router_loss.h"
 #include "model/transformer_block.h"
+#include "parallel/tensor_parallel/column_parallel_linear.h"
+#include "parallel/tensor_parallel/vocab_parallel_cross_entropy.h"
+#include "parallel/tensor_parallel/vocab_parallel_embedding.h"
 
 namespace moe {
 
@@ -54,7 +69,8 @@ struct Losses {
   double z_loss = 0;        // sum over layers of mean_t logsumexp(router logits)^2, NOT times coef
   double entropy_loss = 0;  // top-p: sum over layers of the mean router entropy, NOT times coef
   // Per layer, per global expert: this rank's (token, choice) pairs routed to
-  // it after dropping, and those dropped at capacity.
+  // it after dropping, and those dropped at capacity (under TP: the TP
+  // group's, the same on each of its ranks, like every field here).
   std::vector<std::vector<double>> expert_tokens;
   std::vector<std::vector<double>> expert_dropped;
   // Per layer, per expert: the picks the router routed (before dropping;
@@ -88,19 +104,29 @@ class Model {
 
   // Every element with global index g of a parameter named n gets
   // N(0, initializer_range^2) drawn as Philox(seed, ParameterStream(n)).Normal(g)
-  // (core/philox.h), so a shard initialised with its ShardSlice draws exactly
-  // its slice. Norm weights are set to one.
+  // (core/philox.h), and each parameter is drawn at its Parameter::slice, so
+  // a tensor-parallel shard holds exactly its slice of the one-rank weights.
+  // Norm weights are set to one.
   void InitializeWeights(uint64_t seed);
 
   // Every parameter, named with its Hugging Face on-disk name, in the order
   // of the header comment.
-  // Under expert parallelism only this rank's experts are listed.
+  // Under expert parallelism only this rank's experts are listed; under
+  // tensor parallelism the split layers list this rank's slices.
   std::vector<Parameter*> Parameters();
   // The routed experts' weights (replicated over expert-data-parallel ranks)
   // and everything else (replicated over data-parallel ranks): their
   // gradients are reduced over different groups.
   std::vector<Parameter*> ExpertParameters();
   std::vector<Parameter*> NonExpertParameters();
+  // Under tensor parallelism: the non-expert parameters that every TP rank
+  // holds whole (norms, routers, the MoE layer's dense branches). Each rank
+  // computes their gradient from its own sequence shard, so the caller sums
+  // those over the TP group before any data-parallel reduction (Megatron's
+  // finalize_model_grads). Empty with one TP rank.
+  std::vector<Parameter*> TpReplicatedParameters();
+  // The tensor-parallel group, or null with one TP rank.
+  Communicator* tp() const { return tp_; }
   Parameter* FindParameter(std::string_view hf_name);  // nullptr if absent
   // State that is not trained by the optimizer but belongs in a checkpoint:
   // each MoE router's expert bias (--moe_router_enable_expert_bias), named
@@ -110,7 +136,8 @@ class Model {
     Tensor* value;
   };
   std::vector<Buffer> Buffers();
-  int64_t NumParameters() const;  // total elements of the whole model (all ranks' experts)
+  // Total elements of the whole model (all ranks' experts, whole tensors).
+  int64_t NumParameters() const;
   // Per token: every expert's weights counted top_k / num_experts times (for
   // FLOP counts); everything else, embedding included, once.
   int64_t NumActiveParameters() const;
@@ -130,19 +157,23 @@ class Model {
   // router bias moves by `rate` towards balance, from per-layer routed
   // counts summed over the whole global batch and all data-parallel ranks.
   void UpdateExpertBias(const std::vector<std::vector<double>>& routed_counts, double rate);
-  // Forward only: fp32 [batch, seq, vocab].
+  // Forward only: fp32 [batch, seq, vocab] (under TP gathered: the whole
+  // logits on every TP rank; collective over the TP group).
   Tensor Logits(const Tensor& input_ids);
   // Forward only: each layer's router logits [batch * seq, num_experts] in
-  // the model dtype (Hugging Face's router_logits), e.g. to check routing margins.
+  // the model dtype (Hugging Face's router_logits), e.g. to check routing
+  // margins. Under TP gathered over the sequence, like Logits.
   std::vector<Tensor> RouterLogits(const Tensor& input_ids);
 
  private:
   // What backward needs, per layer call.
   struct Saved {
     Embedding::Saved embed_tokens;
+    VocabParallelEmbedding::Saved tp_embed_tokens;  // under TP, instead
     std::vector<TransformerBlock::Saved> layers;
     RmsNorm::Saved norm;
     CrossEntropy::Saved lm_loss;
+    VocabParallelCrossEntropy::Saved tp_lm_loss;  // under TP, instead
   };
   // Per-layer router outputs of one forward.
   struct Routing {
@@ -152,7 +183,8 @@ class Model {
     std::vector<std::vector<double>> tokens_E, dropped_E;
   };
 
-  // embed_tokens, layers, norm -> hidden [batch, seq, hidden]. With saved ==
+  // embed_tokens, layers, norm -> hidden [batch, seq, hidden] (the
+  // sequence shard under TP). With saved ==
   // nullptr nothing is kept for backward (each layer's activations are freed
   // as soon as the next layer has run).
   Tensor ForwardHidden(const Tensor& input_ids, Saved* saved, Routing* routing);
@@ -161,16 +193,26 @@ class Model {
   Losses ForwardLoss(const Tensor& input_ids, const Tensor& labels, Saved* saved, Routing* routing,
                      const RouterLossScales& scales, RouterLossResult* router_losses);
   void CheckIds(const char* what, const Tensor& ids) const;
+  // Under TP: every layer's router statistics and expert counts summed over
+  // the TP group (one all-reduce), so that they cover the whole micro-batch.
+  void SumRoutingOverTp(Routing* routing) const;
 
   ModelConfig config_;
   DType dtype_;
   Device device_;
+  Communicator* tp_ = nullptr;        // non-null only with TP > 1
   std::shared_ptr<const Rope> rope_;  // one table for every layer
-  Embedding embed_tokens_;
+  // One TP rank: the plain layers; TP > 1: the tp_ ones. Exactly one of each
+  // pair is engaged.
+  std::optional<Embedding> embed_tokens_;
+  std::optional<VocabParallelEmbedding> tp_embed_tokens_;
   std::vector<TransformerBlock> layers_;
   RmsNorm norm_;
-  Linear lm_head_;
-  CrossEntropy lm_loss_;  // the LM head fused with the loss; reads lm_head_'s weight
+  std::optional<Linear> lm_head_;
+  std::optional<ColumnParallelLinear> tp_lm_head_;
+  // The LM head fused with the loss; reads the LM head's weight.
+  std::optional<CrossEntropy> lm_loss_;
+  std::optional<VocabParallelCrossEntropy> tp_lm_loss_;
   RouterLoss router_loss_;
   int64_t num_parameters_ = 0;
   int64_t num_active_parameters_ = 0;

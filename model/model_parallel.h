@@ -10,6 +10,14 @@
 namespace moe {
 
 struct ModelParallel {
+  // The tensor-parallel group (RankGrid GroupKind::kTp); nullptr or one
+  // rank: every layer is whole. With TP > 1 the embedding, attention and LM
+  // head are split over it (parallel/tensor_parallel/), and
+  // sequence_parallel must be set: an MoE model needs its tokens split
+  // along the sequence outside the TP regions (Megatron-Core asserts the
+  // same), so that each TP rank routes only its own tokens.
+  Communicator* tp = nullptr;
+  bool sequence_parallel = false;
   // The expert-parallel group (RankGrid GroupKind::kEp); nullptr: this rank
   // holds every expert. With EP ranks, each MoE layer holds E / EP experts.
   Communicator* ep = nullptr;
@@ -18,6 +26,9 @@ struct ModelParallel {
   Communicator* dp = nullptr;
   // --moe_token_dispatcher_type.
   DispatcherType dispatcher = DispatcherType::kAllToAll;
+
+  // Whether the tensor-parallel layers are in use.
+  bool tensor_parallel() const { return tp != nullptr && tp->size() > 1; }
 };
 
 }  // namespace moe

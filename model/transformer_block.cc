@@ -34,16 +34,38 @@ TransformerBlock::TransformerBlock(int64_t layer_index, const ModelConfig& confi
     : name_(absl::StrCat("model.layers.", layer_index)),
       input_layernorm_(name_ + ".input_layernorm", config.hidden_size, config.rms_norm_eps, dtype,
                        device),
-      self_attn_(name_ + ".self_attn", config, std::move(rope), dtype, device),
       post_attention_layernorm_(name_ + ".post_attention_layernorm", config.hidden_size,
                                 config.rms_norm_eps, dtype, device),
       block_sparse_moe_(name_ + ".block_sparse_moe", MoeOptionsOf(config, parallel), dtype, device,
-                        parallel.ep) {}
+                        parallel.ep) {
+  // TP = 1 keeps the plain block (no communicator in its path).
+  if (parallel.tensor_parallel()) {
+    MOE_CHECK(parallel.sequence_parallel)
+        << name_ << ": tensor parallelism needs sequence parallelism in an MoE model (each TP "
+        << "rank routes its own sequence shard); set ModelParallel::sequence_parallel";
+    const TpAttentionSizes sizes{.hidden_size = config.hidden_size,
+                                 .num_attention_heads = config.num_attention_heads,
+                                 .num_key_value_heads = config.num_key_value_heads,
+                                 .head_dim = config.resolved_head_dim()};
+    tp_self_attn_.emplace(name_ + ".self_attn", sizes, std::move(rope), parallel.tp,
+                          /*sequence_parallel=*/true, dtype, device);
+  } else {
+    self_attn_.emplace(name_ + ".self_attn", config, std::move(rope), dtype, device);
+  }
+}
+
+AttentionBlock& TransformerBlock::self_attn() {
+  MOE_CHECK(self_attn_.has_value())
+      << name_ << ": self_attn() is the one-rank attention; under tensor parallelism use "
+      << "tp_self_attn()";
+  return *self_attn_;
+}
 
 TransformerBlock::Output TransformerBlock::Forward(const Tensor& x, Saved* saved) const {
   // h = x + Attn(input_layernorm(x))
   const Tensor attn_in = input_layernorm_.Forward(x, &saved->input_layernorm);
-  const Tensor attn_out = self_attn_.Forward(attn_in, &saved->self_attn);
+  const Tensor attn_out = tp_self_attn_ ? tp_self_attn_->Forward(attn_in, &saved->tp_self_attn)
+                                        : self_attn_->Forward(attn_in, &saved->self_attn);
   const Tensor h = ResidualAdd(name_.c_str(), x, attn_out);
   // out = h + MoE(post_attention_layernorm(h))
   const Tensor moe_in = post_attention_layernorm_.Forward(h, &saved->post_attention_layernorm);
@@ -73,7 +95,8 @@ Tensor TransformerBlock::Backward(const Tensor& dy, const RouterLossGrads& losse
   Tensor dh = post_attention_layernorm_.Backward(dmoe_in, saved.post_attention_layernorm);
   ResidualAccumulate(name_.c_str(), &dh, dy);
   // h = x + Attn(input_layernorm(x)): dx = dh + (the attention branch's dx).
-  const Tensor dattn_in = self_attn_.Backward(dh, saved.self_attn);
+  const Tensor dattn_in = tp_self_attn_ ? tp_self_attn_->Backward(dh, saved.tp_self_attn)
+                                        : self_attn_->Backward(dh, saved.self_attn);
   Tensor dx = input_layernorm_.Backward(dattn_in, saved.input_layernorm);
   ResidualAccumulate(name_.c_str(), &dx, dh);
   return dx;
@@ -81,7 +104,9 @@ Tensor TransformerBlock::Backward(const Tensor& dy, const RouterLossGrads& losse
 
 std::vector<Parameter*> TransformerBlock::Parameters() {
   std::vector<Parameter*> params = {&input_layernorm_.weight()};
-  for (Parameter* p : self_attn_.Parameters()) params.push_back(p);
+  for (Parameter* p : tp_self_attn_ ? tp_self_attn_->Parameters() : self_attn_->Parameters()) {
+    params.push_back(p);
+  }
   params.push_back(&post_attention_layernorm_.weight());
   for (Parameter* p : block_sparse_moe_.Parameters()) params.push_back(p);
   return params;

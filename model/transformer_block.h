@@ -9,11 +9,18 @@
 //
 // The MoE losses are the model's: it pools Output::stats over all layers
 // (aux) or takes them per layer (z) and hands their gradients to Backward.
+//
+// Under tensor parallelism (ModelParallel::tensor_parallel(), always with
+// sequence parallelism) x and y are this rank's sequence shard
+// [batch, seq/TP, hidden]: the norms, the residual adds and the MoE layer
+// work on the shard's tokens, and the attention is TpAttention, which
+// gathers the sequence, runs this rank's heads and reduce-scatters back.
 #ifndef MOE_MODEL_TRANSFORMER_BLOCK_H_
 #define MOE_MODEL_TRANSFORMER_BLOCK_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +30,7 @@
 #include "model/config.h"
 #include "model/model_parallel.h"
 #include "moe/moe_layer.h"
+#include "parallel/tensor_parallel/tp_attention.h"
 
 namespace moe {
 
@@ -31,12 +39,13 @@ class TransformerBlock {
   struct Saved {
     RmsNorm::Saved input_layernorm;
     AttentionBlock::Saved self_attn;
+    TpAttention::Saved tp_self_attn;  // under tensor parallelism, instead
     RmsNorm::Saved post_attention_layernorm;
     MoeLayer::Saved block_sparse_moe;
   };
   struct Output {
-    Tensor y;          // [batch, seq, hidden]
-    Tensor logits_TE;  // router logits [batch * seq, experts]
+    Tensor y;          // like x
+    Tensor logits_TE;  // router logits [tokens of x, experts]
     RouterStats stats;
     SequenceStats seq_stats;
     std::vector<double> tokens_E;   // MoeLayer::Output::tokens_E
@@ -49,7 +58,7 @@ class TransformerBlock {
                    DType dtype = DType::kF32, Device device = Device::kCpu,
                    const ModelParallel& parallel = {});
 
-  // x: [batch, seq, hidden] -> Output.
+  // x: [batch, seq, hidden] (the sequence shard under TP) -> Output.
   Output Forward(const Tensor& x, Saved* saved) const;
   // dy: like y. daux_dprob_E and z_scale: the router loss gradients (see
   // Router::Backward; empty / 0 for none). Returns dx (=); grads += .
@@ -62,7 +71,10 @@ class TransformerBlock {
   // post_attention_layernorm, block_sparse_moe (gate, then w1, w2, w3 per expert).
   std::vector<Parameter*> Parameters();
   RmsNorm& input_layernorm() { return input_layernorm_; }
-  AttentionBlock& self_attn() { return self_attn_; }
+  // The attention: AttentionBlock with one TP rank, TpAttention with more
+  // (self_attn() dies under TP, tp_self_attn() returns null without).
+  AttentionBlock& self_attn();
+  TpAttention* tp_self_attn() { return tp_self_attn_ ? &*tp_self_attn_ : nullptr; }
   RmsNorm& post_attention_layernorm() { return post_attention_layernorm_; }
   MoeLayer& block_sparse_moe() { return block_sparse_moe_; }
   const std::string& name() const { return name_; }
@@ -70,7 +82,8 @@ class TransformerBlock {
  private:
   std::string name_;  // "model.layers.{i}"
   RmsNorm input_layernorm_;
-  AttentionBlock self_attn_;
+  std::optional<AttentionBlock> self_attn_;  // one TP rank
+  std::optional<TpAttention> tp_self_attn_;  // TP > 1
   RmsNorm post_attention_layernorm_;
   MoeLayer block_sparse_moe_;
 };

@@ -228,25 +228,32 @@ TEST_F(CheckpointE2eTest, ResumeGivesTheUninterruptedLosses) {
 
 #ifdef MOE_MPIEXEC
 // Saved on 2 ranks with the distributed optimizer (flat shards of the
-// optimizer state over 2 DP ranks), and on 2 ranks with expert parallelism
-// (each rank writes its own experts): each resumes on 1 rank, on 2 and 4
-// data-parallel ranks (with and without the distributed optimizer) and on
-// EP 2 x DP 2 with the distributed optimizer, and the next 3 steps match the
-// saving layout's uninterrupted run within the layout-invariance tolerance.
+// optimizer state over 2 DP ranks), on 2 ranks with expert parallelism
+// (each rank writes its own experts), and on TP 4 (vocab, head and
+// sequence slices; the key/value heads replicated on 2 ranks each, written
+// once) with the distributed optimizer: each resumes on 1 rank, on 2 and 4
+// data-parallel ranks (with and without the distributed optimizer), on
+// EP 2 x DP 2 with the distributed optimizer and on TP 2 x DP 2, and the next
+// 3 steps match the saving layout's uninterrupted run within the
+// layout-invariance tolerance.
 TEST_F(CheckpointE2eTest, ACheckpointResumesUnderEveryLayout) {
   struct Layout {
     const char* name;
     int ranks;
     const char* flags;
   };
-  const Layout kSaved[] = {{"saved_dp2_distopt", 2, " --use_distributed_optimizer"},
-                           {"saved_ep2", 2, " --expert_model_parallel_size=2"}};
+  const Layout kSaved[] = {
+      {"saved_dp2_distopt", 2, " --use_distributed_optimizer"},
+      {"saved_ep2", 2, " --expert_model_parallel_size=2"},
+      {"saved_tp4_distopt", 4,
+       " --tensor_model_parallel_size=4 --sequence_parallel --use_distributed_optimizer"}};
   const Layout kLoaded[] = {
       {"one_rank", 0, ""},
       {"dp2", 2, ""},
       {"dp4", 4, ""},
       {"dp4_distopt", 4, " --use_distributed_optimizer"},
-      {"ep2_dp2_distopt", 4, " --expert_model_parallel_size=2 --use_distributed_optimizer"}};
+      {"ep2_dp2_distopt", 4, " --expert_model_parallel_size=2 --use_distributed_optimizer"},
+      {"tp2_dp2", 4, " --tensor_model_parallel_size=2 --sequence_parallel"}};
   const std::string base = TrainFlags(6);
   for (const Layout& saved : kSaved) {
     const std::string name = saved.name;
@@ -405,8 +412,8 @@ TEST_F(CheckpointE2eTest, BadFlagsAreRefused) {
 
 // moe-convert both ways: a trained checkpoint to Hugging Face and back gives
 // the same weights bit for bit; --init_from_hf of that folder trains exactly
-// as --load of the converted checkpoint; bad invocations are refused and
-// write nothing.
+// as --load of the converted checkpoint, and under TP 4 as on one rank;
+// bad invocations are refused and write nothing.
 TEST_F(CheckpointE2eTest, ConvertToHfAndBack) {
   const std::string ckpt = dir_ + "/ckpt";
   ASSERT_EQ(Train("trained", 0, TrainFlags(2) + " --save=" + ckpt).exit_code, 0);
@@ -433,6 +440,15 @@ TEST_F(CheckpointE2eTest, ConvertToHfAndBack) {
   ASSERT_EQ(Train("init_hf", 0, TrainFlags(3) + " --init_from_hf=" + hf).exit_code, 0);
   ASSERT_EQ(Train("load_back", 0, TrainFlags(3) + " --load=" + back).exit_code, 0);
   ExpectSameSteps(ReadLog(Log("init_hf")), 0, ReadLog(Log("load_back")), 0, "init_from_hf");
+#ifdef MOE_MPIEXEC
+  // Under TP 4 each rank reads its slices (rows, o_proj's columns, the
+  // replicated key/value heads) of the same files.
+  const std::string tp4 = " --tensor_model_parallel_size=4 --sequence_parallel";
+  Result tp = Train("init_hf_tp4", 4, TrainFlags(3) + tp4 + " --init_from_hf=" + hf);
+  ASSERT_EQ(tp.exit_code, 0) << tp.output;
+  ExpectSameSteps(ReadLog(Log("init_hf")), 0, ReadLog(Log("init_hf_tp4")), 1e-5,
+                  "init_from_hf under TP 4");
+#endif
 
   const struct {
     std::string flags;

@@ -127,8 +127,14 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
       {"--log_interval=-1", "--log_interval must be positive, got -1"},
       {"--threads=-1", "--threads must be >= 0, got -1"},
       // Parallel layout: what does not run yet is refused, nothing is ignored.
+      // Tensor parallelism needs sequence parallelism (an MoE model), an even
+      // split of the vocabulary and of the sequence.
       {"--tensor_model_parallel_size=2",
-       "--tensor_model_parallel_size=2: not implemented yet (issue 5/6)"},
+       "--tensor_model_parallel_size=2 needs --sequence_parallel"},
+      {"--tensor_model_parallel_size=2 --sequence_parallel",
+       "--vocab_size=257 is not divisible by --tensor_model_parallel_size=2"},
+      {"--tensor_model_parallel_size=2 --sequence_parallel --vocab_size=258 --seq_length=15",
+       "--seq_length=15 is not divisible by --tensor_model_parallel_size=2"},
       // Expert parallelism runs, but one rank cannot hold an EP group of 2.
       {"--expert_model_parallel_size=2", "ETP*EP = 1*2 = 2 does not divide TP*CP*DP = 1*1*1 = 1"},
       {"--expert_tensor_parallel_size=2",
@@ -136,12 +142,19 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
       {"--moe_token_dispatcher_type=ring", "expected alltoall or allgather"},
       {"--moe_expert_capacity_factor=-1", "--moe_expert_capacity_factor must be > 0"},
       {"--moe_token_drop_policy=random", "--moe_token_drop_policy must be probs or position"},
-      {"--moe_pad_expert_input_to_capacity", "--moe_pad_expert_input_to_capacity needs a capacity"},
+      {"--moe_pad_expert_input_to_capacity",
+       "--moe_pad_expert_input_to_capacity needs a capacity (--moe_expert_capacity_factor > 0)"},
       {"--moe_router_load_balancing_type=sinkhorn", "--moe_router_load_balancing_type must be"},
-      {"--moe_router_score_function=relu", "relu"},
-      {"--moe_router_topp=1.5", "--moe_router_topp"},
+      {"--moe_router_score_function=relu",
+       "--moe_router_score_function must be softmax or sigmoid, got \"relu\""},
+      {"--moe_router_topp=1.5", "--moe_router_topp must be in (0, 1]"},
+      {"--moe_router_enable_expert_bias",
+       "--moe_router_enable_expert_bias needs --moe_router_score_function=sigmoid"},
+      {"--moe_router_num_groups=3", "needs both --moe_router_num_groups and"},
+      {"--moe_shared_expert_intermediate_size=-1",
+       "--moe_shared_expert_intermediate_size must be >= 0"},
       {"--pipeline_model_parallel_size=0", "--pipeline_model_parallel_size must be positive"},
-      {"--sequence_parallel", "--sequence_parallel: not implemented yet (issue 5/6)"},
+      {"--sequence_parallel", "--sequence_parallel needs --tensor_model_parallel_size > 1"},
       {"--ddp_bucket_size=-1", "--ddp_bucket_size must be >= 0, got -1"},
       {"--sim_latency_us=-5",
        "--sim_latency_us must be a finite number >= 0, got -5; e.g. --sim_latency_us=10"},
@@ -170,6 +183,7 @@ TEST_F(TrainFlagsTest, EveryBadFlagIsOneLineNamingItWithExitCode2) {
     EXPECT_TRUE(r.out.empty()) << "nothing may run before validation passes:\n" << r.out;
     const std::vector<std::string> lines = absl::StrSplit(r.err, '\n', absl::SkipEmpty());
     ASSERT_EQ(lines.size(), 1u) << r.err;
+    EXPECT_EQ(lines[0].find("---"), std::string::npos) << "a flag spelled with extra dashes";
     EXPECT_EQ(lines[0].rfind("moe-train: error: ", 0), 0u) << lines[0];
     EXPECT_NE(lines[0].find(c.expected), std::string::npos) << lines[0];
   }
