@@ -1,5 +1,6 @@
 #include "launcher/train_flags.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -12,8 +13,11 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 
@@ -27,7 +31,12 @@ ABSL_FLAG(int64_t, num_query_groups, 0,
           "Key/value heads of grouped-query attention (num_key_value_heads); 0 = one per head.");
 ABSL_FLAG(int64_t, kv_channels, 0,
           "Head dimension (head_dim); 0 = --hidden_size / --num_attention_heads.");
-ABSL_FLAG(int64_t, num_experts, 8, "Experts per MoE layer (num_local_experts).");
+ABSL_FLAG(std::string, num_experts, "8",
+          "Experts per MoE layer (num_local_experts), or one count per layer for a PR-MoE "
+          "pyramid, e.g. 8,8,16,16.");
+ABSL_FLAG(std::string, moe_layer_freq, "1",
+          "Which layers are MoE: N = every N-th layer from layer 0 (1 = all), or one 0/1 per "
+          "layer, e.g. 1,0,1,0 (the others are dense SwiGLU MLPs).");
 ABSL_FLAG(int64_t, moe_router_topk, 2, "Experts each token is routed to (num_experts_per_tok).");
 ABSL_FLAG(double, moe_aux_loss_coeff, 0.0,
           "Load-balancing loss coefficient (router_aux_loss_coef); 0 = off.");
@@ -191,8 +200,6 @@ const ModelFlag<int64_t> kModelIntFlags[] = {
      "choose a divisor of --num_attention_heads (0 = one group per head)"},
     {&FLAGS_kv_channels, &ModelConfig::head_dim, "head_dim",
      "set an even value, or 0 for --hidden_size / --num_attention_heads"},
-    {&FLAGS_num_experts, &ModelConfig::num_local_experts, "num_local_experts",
-     "e.g. --num_experts=8"},
     {&FLAGS_moe_router_topk, &ModelConfig::num_experts_per_tok, "num_experts_per_tok",
      "choose 1 <= --moe_router_topk <= --num_experts"},
     {&FLAGS_vocab_size, &ModelConfig::vocab_size, "vocab_size",
@@ -227,6 +234,55 @@ const ModelFlag<double> kModelDoubleFlags[] = {
      "e.g. --init_method_std=0.02"},
 };
 
+// A comma-separated list of integers, with optional [ ].
+absl::StatusOr<std::vector<int64_t>> ParseIntList(const char* flag, std::string text) {
+  absl::string_view view = absl::StripAsciiWhitespace(text);
+  absl::ConsumePrefix(&view, "[");
+  absl::ConsumeSuffix(&view, "]");
+  std::vector<int64_t> values;
+  for (absl::string_view item : absl::StrSplit(view, ',')) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &v)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", flag, "=", text, ": expected an integer or a comma-separated list of integers"));
+    }
+    values.push_back(v);
+  }
+  return values;
+}
+
+// --num_experts (N or a per-layer list) and --moe_layer_freq (N or a 0/1
+// list) into the config; the list lengths are checked by Validate.
+absl::Status ParseExpertLayout(const std::string& experts, const std::string& freq,
+                               ModelConfig* c) {
+  absl::StatusOr<std::vector<int64_t>> e = ParseIntList("num_experts", experts);
+  if (!e.ok()) return e.status();
+  if (e->size() == 1) {
+    c->num_local_experts = (*e)[0];
+  } else {
+    c->num_local_experts = *std::max_element(e->begin(), e->end());
+    c->moe_num_experts_per_layer = *e;
+  }
+  absl::StatusOr<std::vector<int64_t>> f = ParseIntList("moe_layer_freq", freq);
+  if (!f.ok()) return f.status();
+  if (f->size() == 1) {
+    if ((*f)[0] < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--moe_layer_freq must be >= 1 (every N-th layer is MoE) or a "
+                       "0/1 list, got ",
+                       (*f)[0]));
+    }
+    if ((*f)[0] > 1) {
+      for (int64_t i = 0; i < c->num_hidden_layers; ++i) {
+        c->moe_layer_pattern.push_back(i % (*f)[0] == 0 ? 1 : 0);
+      }
+    }
+  } else {
+    c->moe_layer_pattern.assign(f->begin(), f->end());
+  }
+  return absl::OkStatus();
+}
+
 // A field as a validator names it, and the flag that sets it.
 struct FieldName {
   absl::string_view field;
@@ -253,6 +309,9 @@ constexpr FieldName kOptimizerFields[] = {
 
 // Model config fields set by flags of the same name outside the tables above.
 constexpr FieldName kMoeFields[] = {
+    {"num_local_experts", "num_experts", "e.g. --num_experts=8"},
+    {"moe_num_experts_per_layer", "num_experts", "give one count per layer, e.g. 8,8,16,16"},
+    {"moe_layer_pattern", "moe_layer_freq", "give one 0/1 per layer, e.g. 1,0,1,0"},
     {"moe_router_load_balancing_type", "moe_router_load_balancing_type",
      "use hf_aux_loss, aux_loss, seq_aux_loss, global_aux_loss or none"},
     {"moe_router_score_function", "moe_router_score_function", "use softmax or sigmoid"},
@@ -420,6 +479,11 @@ absl::StatusOr<TrainSettings> TrainSettingsFromFlags() {
   for (const auto& f : kModelDoubleFlags) c.*f.field = absl::GetFlag(*f.flag);
   c.tie_word_embeddings = false;
   c.moe_token_drop_policy = absl::GetFlag(FLAGS_moe_token_drop_policy);
+  if (absl::Status s = ParseExpertLayout(absl::GetFlag(FLAGS_num_experts),
+                                         absl::GetFlag(FLAGS_moe_layer_freq), &c);
+      !s.ok()) {
+    return s;
+  }
   c.moe_router_score_function = absl::GetFlag(FLAGS_moe_router_score_function);
   c.moe_use_residual = absl::GetFlag(FLAGS_moe_use_residual);
   c.moe_router_pre_softmax = absl::GetFlag(FLAGS_moe_router_pre_softmax);

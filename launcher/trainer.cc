@@ -121,19 +121,37 @@ absl::StatusOr<RankGrid> BuildRankGrid(const TrainerOptions& options, int world_
   req.ffn_hidden_size = options.model.intermediate_size;
   req.global_batch_size = options.global_batch_size;
   req.micro_batch_size = options.micro_batch_size;
-  return RankGrid::Create(world_size, options.parallel, &req);
+  absl::StatusOr<RankGrid> grid = RankGrid::Create(world_size, options.parallel, &req);
+  if (!grid.ok()) return grid;
+  const ModelConfig& c = options.model;
+  if (c.intermediate_size % options.parallel.etp != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ffn_hidden_size=", c.intermediate_size,
+                     " cannot be split over --expert_tensor_parallel_size=", options.parallel.etp,
+                     "; choose an ETP size that divides the expert width"));
+  }
+  // PR-MoE: every layer's experts must split over EP, not only the largest count.
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (c.is_moe_layer(i) && c.experts_of_layer(i) % options.parallel.ep != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", i, " has ", c.experts_of_layer(i),
+          " experts (--num_experts), which --expert_model_parallel_size=", options.parallel.ep,
+          " does not divide; give every layer a multiple of the EP size"));
+    }
+  }
+  return grid;
 }
 
 absl::Status CheckParallelImplemented(const TrainerOptions& options) {
   const ParallelSizes& p = options.parallel;
   for (auto [flag, size] : {std::pair{"--context_parallel_size", p.cp},
-                            std::pair{"--pipeline_model_parallel_size", p.pp},
-                            std::pair{"--expert_tensor_parallel_size", p.etp}}) {
+                            std::pair{"--pipeline_model_parallel_size", p.pp}}) {
     if (size != 1) {
       return absl::UnimplementedError(absl::StrCat(
           flag, "=", size,
-          ": not implemented yet (issue 5/6); tensor (with sequence), data and expert "
-          "parallelism run today: set it to 1 (--print_grid shows the layout it would build)"));
+          ": not implemented yet (issue 5/6); tensor (with sequence), data, expert and "
+          "expert-tensor parallelism run today: set it to 1 (--print_grid shows the layout it "
+          "would build)"));
     }
   }
   // Megatron-Core asserts the same for MoE: without sequence parallelism
@@ -233,12 +251,16 @@ Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<
       tp_(grid_.sizes().tp > 1 ? SplitGroup(world_, grid_, GroupKind::kTp) : nullptr),
       dp_(SplitGroup(world_, grid_, GroupKind::kDp)),
       ep_(grid_.sizes().ep > 1 ? SplitGroup(world_, grid_, GroupKind::kEp) : nullptr),
-      edp_(grid_.sizes().ep > 1 || grid_.sizes().tp > 1 ? SplitGroup(world_, grid_, GroupKind::kEdp)
-                                                        : nullptr),
+      etp_(grid_.sizes().etp > 1 ? SplitGroup(world_, grid_, GroupKind::kEtp) : nullptr),
+      // The experts form their own group whenever EDP differs from DP.
+      edp_(grid_.sizes().ep > 1 || grid_.sizes().tp > 1 || grid_.sizes().etp > 1
+               ? SplitGroup(world_, grid_, GroupKind::kEdp)
+               : nullptr),
       model_(options.model, DType::kF32, Device::kCpu,
              ModelParallel{.tp = tp_.get(),
                            .sequence_parallel = options.sequence_parallel,
                            .ep = ep_.get(),
+                           .etp = etp_.get(),
                            .dp = dp_.get(),
                            .dispatcher = options.moe_token_dispatcher_type}),
       schedule_(options.lr) {
@@ -266,6 +288,18 @@ Trainer::Trainer(const TrainerOptions& options, GptDataset train, std::optional<
     if (!experts.empty() && edp_->size() > 1) {
       expert_buckets_ = std::make_unique<GradBuckets>(experts, edp_.get(), bucket_bytes,
                                                       GradBuckets::Mode::kAllReduce);
+    }
+  }
+  // Which buckets reduce each parameter's gradient, for the overlap with
+  // backward (a parameter with none, e.g. experts without replicas, is left
+  // out).
+  for (GradBuckets* b :
+       {buckets_.get(), expert_buckets_.get(),
+        dist_optimizer_ ? &dist_optimizer_->mutable_buckets() : nullptr,
+        expert_dist_optimizer_ ? &expert_dist_optimizer_->mutable_buckets() : nullptr}) {
+    if (b == nullptr || b->comm()->size() == 1) continue;
+    for (const GradBuckets::Bucket& bucket : b->buckets()) {
+      for (const GradBuckets::Slot& slot : bucket.slots) bucket_of_[slot.param] = b;
     }
   }
 }
@@ -518,30 +552,51 @@ absl::StatusOr<StepStats> Trainer::Step() {
   scales.z = scales.aux;
 
   const int64_t layers = options_.model.num_hidden_layers;
-  const int64_t experts = options_.model.num_local_experts;
-  // One all-reduce over DP at the end: the three losses, then per layer the
-  // received, dropped and routed counts of every expert and the entropy sum.
+  const ModelConfig& c = options_.model;
+  // One all-reduce over DP at the end: the four losses, then per layer the
+  // received, dropped and routed counts of each of its experts (none for a
+  // dense layer) and the entropy sum.
   enum { kLm, kAux, kZ, kEntropy, kScalars };
-  const int64_t per_layer = 3 * experts + 1;
-  std::vector<double> sums(kScalars + layers * per_layer, 0.0);
+  std::vector<int64_t> experts(layers), at(layers);
+  int64_t size = kScalars;
+  for (int64_t i = 0; i < layers; ++i) {
+    experts[i] = c.is_moe_layer(i) ? c.experts_of_layer(i) : 0;
+    at[i] = size;
+    size += 3 * experts[i] + 1;
+  }
+  std::vector<double> sums(size, 0.0);
   model_.StartGlobalBatch();
   for (int64_t m = 0; m < num_local_micro; ++m) {
     Tensor ids;
     Tensor labels;
     MicroBatch(m, &ids, &labels);
+    // On the last micro-batch every gradient is final as backward produces
+    // it: start each bucket's reduction then, overlapped with the rest of
+    // backward (not under TP, whose replicated grads are summed over TP
+    // after backward, before the DP reduction).
+    const bool overlap = m == num_local_micro - 1 && tp_ == nullptr && !bucket_of_.empty();
+    if (overlap) {
+      model_.SetGradReadyHook([this](const std::vector<Parameter*>& params) {
+        for (Parameter* p : params) {
+          if (const auto it = bucket_of_.find(p); it != bucket_of_.end()) it->second->MarkReady(p);
+        }
+      });
+    }
     const Losses losses = model_.ForwardBackward(ids, labels, scales);
+    if (overlap) model_.SetGradReadyHook(nullptr);
     sums[kLm] += losses.lm_loss_sum;
     sums[kAux] += losses.aux_loss;
     sums[kZ] += losses.z_loss;
     sums[kEntropy] += losses.entropy_loss;
     for (int64_t i = 0; i < layers; ++i) {
-      double* layer = sums.data() + kScalars + i * per_layer;
-      for (int64_t e = 0; e < experts; ++e) {
+      double* layer = sums.data() + at[i];
+      const int64_t n = experts[i];
+      for (int64_t e = 0; e < n; ++e) {
         layer[e] += losses.expert_tokens[i][e];
-        layer[experts + e] += losses.expert_dropped[i][e];
-        layer[2 * experts + e] += losses.expert_routed[i][e];
+        layer[n + e] += losses.expert_dropped[i][e];
+        layer[2 * n + e] += losses.expert_routed[i][e];
       }
-      layer[3 * experts] += losses.router_entropy[i];
+      layer[3 * n] += losses.router_entropy[i];
     }
   }
   if (dp_->size() > 1) SumOverDp(&sums);
@@ -550,20 +605,20 @@ absl::StatusOr<StepStats> Trainer::Step() {
   stats.aux_loss = sums[kAux] * scales.aux;
   stats.z_loss = sums[kZ] * scales.z;
   stats.entropy_loss = sums[kEntropy] * scales.aux;
-  const ModelConfig& c = options_.model;
   stats.loss = stats.lm_loss + c.router_aux_loss_coef * stats.aux_loss +
                c.router_z_loss_coef * stats.z_loss +
                c.moe_router_topp_entropy_coeff * stats.entropy_loss;
   std::vector<std::vector<double>> routed(layers);
   for (int64_t i = 0; i < layers; ++i) {
-    const double* layer = sums.data() + kScalars + i * per_layer;
-    stats.expert_tokens.emplace_back(layer, layer + experts);
-    stats.expert_dropped.emplace_back(layer + experts, layer + 2 * experts);
-    routed[i].assign(layer + 2 * experts, layer + 3 * experts);
-    stats.router_entropy.push_back(layer[3 * experts] / static_cast<double>(num_micro));
-    const double total = std::accumulate(layer, layer + experts, 0.0);
-    const double max = *std::max_element(layer, layer + experts);
-    stats.load_balance.push_back(total > 0 ? max / (total / static_cast<double>(experts)) : 0.0);
+    const double* layer = sums.data() + at[i];
+    const int64_t n = experts[i];
+    stats.expert_tokens.emplace_back(layer, layer + n);
+    stats.expert_dropped.emplace_back(layer + n, layer + 2 * n);
+    routed[i].assign(layer + 2 * n, layer + 3 * n);
+    stats.router_entropy.push_back(layer[3 * n] / static_cast<double>(num_micro));
+    const double total = std::accumulate(layer, layer + n, 0.0);
+    const double max = n > 0 ? *std::max_element(layer, layer + n) : 0.0;
+    stats.load_balance.push_back(total > 0 ? max / (total / static_cast<double>(n)) : 0.0);
   }
 
   // The norm is the same on every rank, so all ranks skip or step together.

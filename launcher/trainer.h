@@ -58,6 +58,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -254,6 +255,7 @@ class Trainer {
   std::unique_ptr<Communicator> ep_;  // expert parallel (null when EP = 1)
   // Expert data parallel: null unless EP > 1 or TP > 1, when the experts'
   // gradients are reduced over it instead of over DP.
+  std::unique_ptr<Communicator> etp_;  // expert tensor parallel (null when ETP = 1)
   std::unique_ptr<Communicator> edp_;
   Model model_;
   // Replicated AdamW over every local parameter, with buckets_ reducing
@@ -266,6 +268,9 @@ class Trainer {
   std::unique_ptr<GradBuckets> expert_buckets_;
   std::unique_ptr<DistributedOptimizer> dist_optimizer_;
   std::unique_ptr<DistributedOptimizer> expert_dist_optimizer_;
+  // Every parameter whose gradient a bucket reduces over 2+ ranks, and that
+  // bucket set: the model's backward hook marks them ready (overlap).
+  std::unordered_map<const Parameter*, GradBuckets*> bucket_of_;
   LrSchedule schedule_;
   int64_t step_ = 0;
   int consecutive_nonfinite_ = 0;

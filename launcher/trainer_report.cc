@@ -83,7 +83,11 @@ std::string MemoryReport(const TrainerOptions& o, int64_t num_parameters, int dp
   const double h = c.hidden_size, a = c.num_attention_heads, g = c.num_key_value_heads,
                d = c.resolved_head_dim(), e = c.num_local_experts, k = c.num_experts_per_tok,
                f = c.intermediate_size, layers = c.num_hidden_layers;
-  const double experts = layers * e * 3.0 * h * f;
+  // Routed experts of every MoE layer (PR-MoE: each with its own count).
+  double experts = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (c.is_moe_layer(i)) experts += static_cast<double>(c.experts_of_layer(i)) * 3.0 * h * f;
+  }
   const double split = 2.0 * c.vocab_size * h + layers * 2.0 * a * d * h;
   const double kv = layers * 2.0 * g * d * h;
   const double whole = static_cast<double>(num_parameters) - experts - split - kv;
@@ -142,16 +146,19 @@ std::string Trainer::Summary() const {
       o.lr.decay_iters, o.adam.beta1, o.adam.beta2, o.adam.eps, o.adam.weight_decay, o.clip_grad,
       c.router_aux_loss_coef, c.router_z_loss_coef, o.seed);
   const int ep = ep_ != nullptr ? ep_->size() : 1;
+  const int etp = etp_ != nullptr ? etp_->size() : 1;
   const std::string experts =
-      edp_ == nullptr ? std::string("EP 1")
-                      : absl::StrFormat("experts on EP %d x EDP %d (%d per rank, %s dispatcher)",
-                                        ep, edp_->size(), c.num_local_experts / ep,
-                                        DispatcherTypeName(o.moe_token_dispatcher_type));
+      edp_ == nullptr
+          ? std::string("EP 1")
+          : absl::StrFormat(
+                "experts on ETP %d x EP %d x EDP %d (%d per rank, 1/%d of each, %s dispatcher)",
+                etp, ep, edp_->size(), c.num_local_experts / ep, etp,
+                DispatcherTypeName(o.moe_token_dispatcher_type));
   const std::string dense =
-      tp_ == nullptr ? absl::StrFormat("DP %d (TP, CP, PP, ETP 1)", dp_->size())
+      tp_ == nullptr ? absl::StrFormat("DP %d (TP, CP, PP 1)", dp_->size())
                      : absl::StrFormat(
                            "TP %d with sequence parallel (per rank %d of %d heads, %d of %d "
-                           "positions) x DP %d (CP, PP, ETP 1)",
+                           "positions) x DP %d (CP, PP 1)",
                            tp_->size(), c.num_attention_heads / tp_->size(), c.num_attention_heads,
                            o.seq_length / tp_->size(), o.seq_length, dp_->size());
   absl::StrAppendFormat(&s,

@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <algorithm>
+
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +42,19 @@ absl::Status ReadDouble(const Json& json, const char* key, double* out) {
 }  // namespace
 
 absl::Status ModelConfig::CheckHfExportable() const {
+  if (!moe_layer_pattern.empty() && std::any_of(moe_layer_pattern.begin(), moe_layer_pattern.end(),
+                                                [](int v) { return v == 0; })) {
+    return absl::FailedPreconditionError(
+        "the model has dense layers between its MoE layers (moe_layer_pattern), which "
+        "MixtralForCausalLM cannot hold; keep it in our checkpoint format");
+  }
+  for (int64_t e : moe_num_experts_per_layer) {
+    if (e != num_local_experts) {
+      return absl::FailedPreconditionError(
+          "the model has a different number of experts per layer (moe_num_experts_per_layer, "
+          "PR-MoE), which MixtralForCausalLM cannot hold; keep it in our checkpoint format");
+    }
+  }
   if (moe_shared_expert_intermediate_size > 0) {
     return absl::FailedPreconditionError(
         "the model has a shared expert (moe_shared_expert_intermediate_size > 0), which "
@@ -122,6 +137,45 @@ absl::Status ModelConfig::Validate() const {
   if (!(router_aux_loss_coef >= 0)) {
     return Invalid("router_aux_loss_coef",
                    absl::StrCat("must be >= 0, got ", router_aux_loss_coef));
+  }
+  if (!moe_layer_pattern.empty()) {
+    if (static_cast<int64_t>(moe_layer_pattern.size()) != num_hidden_layers) {
+      return Invalid("moe_layer_pattern",
+                     absl::StrCat("has ", moe_layer_pattern.size(), " entries for ",
+                                  num_hidden_layers, " layers; give one 0/1 per layer"));
+    }
+    if (std::all_of(moe_layer_pattern.begin(), moe_layer_pattern.end(),
+                    [](int v) { return v == 0; })) {
+      return Invalid("moe_layer_pattern", "has no MoE layer; mark at least one layer with 1");
+    }
+    for (int v : moe_layer_pattern) {
+      if (v != 0 && v != 1) {
+        return Invalid("moe_layer_pattern", absl::StrCat("entries must be 0 or 1, got ", v));
+      }
+    }
+  }
+  if (!moe_num_experts_per_layer.empty()) {
+    if (static_cast<int64_t>(moe_num_experts_per_layer.size()) != num_hidden_layers) {
+      return Invalid("moe_num_experts_per_layer",
+                     absl::StrCat("has ", moe_num_experts_per_layer.size(), " entries for ",
+                                  num_hidden_layers, " layers; give one count per layer"));
+    }
+    for (int64_t e : moe_num_experts_per_layer) {
+      if (e < num_experts_per_tok || e > num_local_experts) {
+        return Invalid(
+            "moe_num_experts_per_layer",
+            absl::StrCat("entries must lie in [num_experts_per_tok = ", num_experts_per_tok,
+                         ", num_local_experts = ", num_local_experts, "], got ", e));
+      }
+    }
+  }
+  if (!moe_num_experts_per_layer.empty() && moe_router_load_balancing_type == "hf_aux_loss" &&
+      std::any_of(moe_num_experts_per_layer.begin(), moe_num_experts_per_layer.end(),
+                  [&](int64_t e) { return e != num_local_experts; })) {
+    return Invalid("moe_router_load_balancing_type",
+                   "hf_aux_loss pools every layer's router statistics and needs the same number "
+                   "of experts in every layer; with moe_num_experts_per_layer use aux_loss, "
+                   "seq_aux_loss, global_aux_loss or none");
   }
   if (moe_shared_expert_intermediate_size < 0) {
     return Invalid("moe_shared_expert_intermediate_size",
@@ -263,6 +317,20 @@ absl::StatusOr<ModelConfig> ModelConfig::FromHfJson(const Json& json) {
       *field = v->as_string();
     }
   }
+  for (const char* key : {"moe_layer_pattern", "moe_num_experts_per_layer"}) {
+    const Json* v = json.Find(key);
+    if (v == nullptr) continue;
+    if (!v->is_array()) return Invalid(key, absl::StrCat("must be a list, got ", v->Dump()));
+    for (const Json& item : v->as_array()) {
+      if (!item.is_int())
+        return Invalid(key, absl::StrCat("entries must be integers, got ", item.Dump()));
+      if (std::string_view(key) == "moe_layer_pattern") {
+        c.moe_layer_pattern.push_back(static_cast<int>(item.as_int()));
+      } else {
+        c.moe_num_experts_per_layer.push_back(item.as_int());
+      }
+    }
+  }
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
 }
@@ -284,6 +352,16 @@ Json ModelConfig::ToJson() const {
   j.Set("moe_router_enable_expert_bias", moe_router_enable_expert_bias);
   j.Set("moe_router_bias_update_rate", Json::Real(moe_router_bias_update_rate));
   j.Set("moe_router_load_balancing_type", moe_router_load_balancing_type);
+  if (!moe_layer_pattern.empty()) {
+    Json pattern = Json::MakeArray();
+    for (int v : moe_layer_pattern) pattern.Append(static_cast<double>(v));
+    j.Set("moe_layer_pattern", std::move(pattern));
+  }
+  if (!moe_num_experts_per_layer.empty()) {
+    Json experts = Json::MakeArray();
+    for (int64_t e : moe_num_experts_per_layer) experts.Append(static_cast<double>(e));
+    j.Set("moe_num_experts_per_layer", std::move(experts));
+  }
   return j;
 }
 

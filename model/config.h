@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -41,6 +42,24 @@ struct ModelConfig {
   // is not a MixtralForCausalLM: Hugging Face export refuses it.
   int64_t moe_shared_expert_intermediate_size = 0;
   bool moe_use_residual = false;
+  // Not in MixtralConfig: which layers are MoE layers and how many experts
+  // each has. moe_layer_pattern[i] = 1 for an MoE layer, 0 for a dense
+  // SwiGLU MLP of width intermediate_size (Megatron-Core's --moe_layer_freq);
+  // empty = every layer is MoE. moe_num_experts_per_layer[i] = the experts of
+  // layer i (DeepSpeed's PR-MoE, a "pyramid"); empty = num_local_experts
+  // everywhere (which is then the largest count). Either makes a model that
+  // MixtralForCausalLM cannot hold.
+  std::vector<int> moe_layer_pattern;
+  std::vector<int64_t> moe_num_experts_per_layer;
+
+  bool is_moe_layer(int64_t layer) const {
+    return moe_layer_pattern.empty() || moe_layer_pattern[static_cast<size_t>(layer)] != 0;
+  }
+  int64_t experts_of_layer(int64_t layer) const {
+    return moe_num_experts_per_layer.empty()
+               ? num_local_experts
+               : moe_num_experts_per_layer[static_cast<size_t>(layer)];
+  }
   // Not in MixtralConfig: the router family (moe/router_options.h) and the
   // balancing loss, with Megatron-Core's flag names. The defaults are
   // Mixtral's router and Hugging Face's aux loss.

@@ -80,13 +80,17 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, const ModelP
   }
   for (Parameter* p : Parameters()) num_parameters_ += NumElements(SliceOf(*p).global_shape);
   // Counts are of the whole model: add the experts other EP ranks hold.
+  // Active per token: every MoE layer's experts counted top_k / E times.
   const int64_t expert_params = 3 * config_.hidden_size * config_.intermediate_size;
-  const int64_t held = layers_.empty() ? 0 : layers_[0].block_sparse_moe().experts().num_experts();
-  num_parameters_ += config_.num_hidden_layers * (config_.num_local_experts - held) * expert_params;
-  num_active_parameters_ =
-      num_parameters_ - config_.num_hidden_layers *
-                            (config_.num_local_experts - config_.num_experts_per_tok) *
-                            expert_params;
+  int64_t inactive = 0;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    if (!layers_[i].is_moe()) continue;
+    const int64_t experts = config_.experts_of_layer(i);
+    num_parameters_ +=
+        (experts - layers_[i].block_sparse_moe().experts().num_experts()) * expert_params;
+    inactive += (experts - config_.num_experts_per_tok) * expert_params;
+  }
+  num_active_parameters_ = num_parameters_ - inactive;
 }
 
 void Model::InitializeWeights(uint64_t seed) {
@@ -116,6 +120,7 @@ std::vector<Model::Buffer> Model::Buffers() {
   std::vector<Buffer> buffers;
   if (!config_.moe_router_enable_expert_bias) return buffers;
   for (TransformerBlock& layer : layers_) {
+    if (!layer.is_moe()) continue;
     Router& router = layer.block_sparse_moe().router();
     buffers.push_back({router.expert_bias_name(), &router.expert_bias()});
   }
@@ -256,14 +261,22 @@ Losses Model::ForwardBackward(const Tensor& input_ids, const Tensor& labels,
   const Tensor dhidden =
       tp_ ? tp_lm_loss_->Backward(scales.lm, lm_head.value, saved.tp_lm_loss, &lm_head.grad)
           : lm_loss_->Backward(scales.lm, lm_head.value, saved.lm_loss, &lm_head.grad);
+  const auto ready = [&](const std::vector<Parameter*>& params) {
+    if (grad_ready_) grad_ready_(params);
+  };
+  ready({&lm_head});
   Tensor dx = norm_.Backward(dhidden.Reshape(saved.norm.x.shape()), saved.norm);
+  ready({&norm_.weight()});
   for (int64_t i = config_.num_hidden_layers - 1; i >= 0; --i) {
     dx = layers_[i].Backward(dx, router_losses.grads[i], saved.layers[i]);
+    ready(layers_[i].Parameters());
   }
   if (tp_ != nullptr) {
     tp_embed_tokens_->Backward(dx, saved.tp_embed_tokens);
+    ready({&tp_embed_tokens_->weight()});
   } else {
     embed_tokens_->Backward(dx, saved.embed_tokens);
+    ready({&embed_tokens_->weight()});
   }
   return losses;
 }
@@ -273,7 +286,9 @@ void Model::UpdateExpertBias(const std::vector<std::vector<double>>& routed_coun
       << "Model::UpdateExpertBias: " << routed_counts.size() << " layers of counts for "
       << layers_.size() << " layers";
   for (size_t i = 0; i < layers_.size(); ++i) {
-    layers_[i].block_sparse_moe().router().UpdateExpertBias(routed_counts[i], rate);
+    if (layers_[i].is_moe()) {
+      layers_[i].block_sparse_moe().router().UpdateExpertBias(routed_counts[i], rate);
+    }
   }
 }
 
@@ -305,9 +320,14 @@ std::vector<Tensor> Model::RouterLogits(const Tensor& input_ids) {
   if (tp_ == nullptr) return routing.logits_TE;
   // Each rank's rows are its shard [batch, seq/TP] flattened: gather the
   // shards back into token order.
-  const int64_t batch = input_ids.dim(0), experts = config_.num_local_experts;
+  const int64_t batch = input_ids.dim(0);
   std::vector<Tensor> gathered;
   for (const Tensor& local : routing.logits_TE) {
+    if (!local.defined()) {  // a dense layer
+      gathered.emplace_back();
+      continue;
+    }
+    const int64_t experts = local.dim(1);
     const Tensor shard = local.Reshape({batch, local.dim(0) / batch, experts});
     gathered.push_back(
         GatherSequence("Model::RouterLogits", shard, tp_).Reshape({input_ids.numel(), experts}));

@@ -32,6 +32,7 @@
 #define MOE_MODEL_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -157,6 +158,12 @@ class Model {
   // router bias moves by `rate` towards balance, from per-layer routed
   // counts summed over the whole global batch and all data-parallel ranks.
   void UpdateExpertBias(const std::vector<std::vector<double>>& routed_counts, double rate);
+  // Called by ForwardBackward with each group of parameters whose gradients
+  // backward has just finished (the LM head, the final norm, each layer from
+  // the last, the embedding), so that a data-parallel reduction can start
+  // while the rest of backward runs. Empty (the default): no calls.
+  using GradReadyHook = std::function<void(const std::vector<Parameter*>&)>;
+  void SetGradReadyHook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
   // Forward only: fp32 [batch, seq, vocab] (under TP gathered: the whole
   // logits on every TP rank; collective over the TP group).
   Tensor Logits(const Tensor& input_ids);
@@ -214,6 +221,7 @@ class Model {
   std::optional<CrossEntropy> lm_loss_;
   std::optional<VocabParallelCrossEntropy> tp_lm_loss_;
   RouterLoss router_loss_;
+  GradReadyHook grad_ready_;
   int64_t num_parameters_ = 0;
   int64_t num_active_parameters_ = 0;
 };

@@ -21,6 +21,10 @@ struct ModelParallel {
   // The expert-parallel group (RankGrid GroupKind::kEp); nullptr: this rank
   // holds every expert. With EP ranks, each MoE layer holds E / EP experts.
   Communicator* ep = nullptr;
+  // The expert-tensor-parallel group (RankGrid GroupKind::kEtp); nullptr or
+  // one rank: whole experts. With ETP > 1 each expert's intermediate
+  // dimension is split over it (moe/expert_tensor_exchange.h).
+  Communicator* etp = nullptr;
   // The data-parallel group (RankGrid GroupKind::kDp), for the
   // global-batch aux loss; nullptr: one data-parallel rank.
   Communicator* dp = nullptr;

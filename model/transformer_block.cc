@@ -8,11 +8,12 @@
 namespace moe {
 namespace {
 
-MoeOptions MoeOptionsOf(const ModelConfig& config, const ModelParallel& parallel) {
+MoeOptions MoeOptionsOf(int64_t layer_index, const ModelConfig& config,
+                        const ModelParallel& parallel) {
   MoeOptions options;
   options.hidden_size = config.hidden_size;
   options.intermediate_size = config.intermediate_size;
-  options.num_experts = config.num_local_experts;
+  options.num_experts = config.experts_of_layer(layer_index);
   options.top_k = config.num_experts_per_tok;
   options.capacity_factor = config.moe_expert_capacity_factor;
   options.drop_policy =
@@ -21,6 +22,7 @@ MoeOptions MoeOptionsOf(const ModelConfig& config, const ModelParallel& parallel
   options.dispatcher = parallel.dispatcher;
   // The model validated its config, so this cannot fail.
   options.router = *RouterOptionsOf(config);
+  options.router.num_experts = options.num_experts;
   options.shared_expert_intermediate_size = config.moe_shared_expert_intermediate_size;
   options.use_residual = config.moe_use_residual;
   return options;
@@ -35,9 +37,15 @@ TransformerBlock::TransformerBlock(int64_t layer_index, const ModelConfig& confi
       input_layernorm_(name_ + ".input_layernorm", config.hidden_size, config.rms_norm_eps, dtype,
                        device),
       post_attention_layernorm_(name_ + ".post_attention_layernorm", config.hidden_size,
-                                config.rms_norm_eps, dtype, device),
-      block_sparse_moe_(name_ + ".block_sparse_moe", MoeOptionsOf(config, parallel), dtype, device,
-                        parallel.ep) {
+                                config.rms_norm_eps, dtype, device) {
+  // An MoE layer, or (--moe_layer_freq) a dense SwiGLU MLP of the expert width.
+  if (config.is_moe_layer(layer_index)) {
+    block_sparse_moe_.emplace(name_ + ".block_sparse_moe",
+                              MoeOptionsOf(layer_index, config, parallel), dtype, device,
+                              parallel.ep, parallel.etp);
+  } else {
+    mlp_.emplace(name_ + ".mlp", config.hidden_size, config.intermediate_size, dtype, device);
+  }
   // TP = 1 keeps the plain block (no communicator in its path).
   if (parallel.tensor_parallel()) {
     MOE_CHECK(parallel.sequence_parallel)
@@ -67,10 +75,14 @@ TransformerBlock::Output TransformerBlock::Forward(const Tensor& x, Saved* saved
   const Tensor attn_out = tp_self_attn_ ? tp_self_attn_->Forward(attn_in, &saved->tp_self_attn)
                                         : self_attn_->Forward(attn_in, &saved->self_attn);
   const Tensor h = ResidualAdd(name_.c_str(), x, attn_out);
-  // out = h + MoE(post_attention_layernorm(h))
+  // out = h + MoE(post_attention_layernorm(h))   (or the dense MLP)
   const Tensor moe_in = post_attention_layernorm_.Forward(h, &saved->post_attention_layernorm);
-  MoeLayer::Output moe_out = block_sparse_moe_.Forward(moe_in, &saved->block_sparse_moe);
   Output out;
+  if (mlp_.has_value()) {
+    out.y = ResidualAdd(name_.c_str(), h, mlp_->Forward(moe_in, &saved->mlp));
+    return out;
+  }
+  MoeLayer::Output moe_out = block_sparse_moe_->Forward(moe_in, &saved->block_sparse_moe);
   out.y = ResidualAdd(name_.c_str(), h, moe_out.y);
   out.logits_TE = std::move(moe_out.logits_TE);
   out.stats = std::move(moe_out.stats);
@@ -91,7 +103,9 @@ Tensor TransformerBlock::Backward(const Tensor& dy, const std::vector<double>& d
 Tensor TransformerBlock::Backward(const Tensor& dy, const RouterLossGrads& losses,
                                   const Saved& saved) {
   // out = h + MoE(post_attention_layernorm(h)): dh = dy + (the MoE branch's dh).
-  const Tensor dmoe_in = block_sparse_moe_.Backward(dy, losses, saved.block_sparse_moe);
+  const Tensor dmoe_in = mlp_.has_value()
+                             ? mlp_->Backward(dy, saved.mlp)
+                             : block_sparse_moe_->Backward(dy, losses, saved.block_sparse_moe);
   Tensor dh = post_attention_layernorm_.Backward(dmoe_in, saved.post_attention_layernorm);
   ResidualAccumulate(name_.c_str(), &dh, dy);
   // h = x + Attn(input_layernorm(x)): dx = dh + (the attention branch's dx).
@@ -108,8 +122,16 @@ std::vector<Parameter*> TransformerBlock::Parameters() {
     params.push_back(p);
   }
   params.push_back(&post_attention_layernorm_.weight());
-  for (Parameter* p : block_sparse_moe_.Parameters()) params.push_back(p);
+  for (Parameter* p : mlp_.has_value() ? mlp_->Parameters() : block_sparse_moe_->Parameters()) {
+    params.push_back(p);
+  }
   return params;
+}
+
+MoeLayer& TransformerBlock::block_sparse_moe() {
+  MOE_CHECK(block_sparse_moe_.has_value())
+      << name_ << " is a dense layer (--moe_layer_freq): it has no MoE block";
+  return *block_sparse_moe_;
 }
 
 }  // namespace moe

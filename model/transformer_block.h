@@ -29,6 +29,7 @@
 #include "model/attention_block.h"
 #include "model/config.h"
 #include "model/model_parallel.h"
+#include "moe/dense_mlp.h"
 #include "moe/moe_layer.h"
 #include "parallel/tensor_parallel/tp_attention.h"
 
@@ -42,6 +43,7 @@ class TransformerBlock {
     TpAttention::Saved tp_self_attn;  // under tensor parallelism, instead
     RmsNorm::Saved post_attention_layernorm;
     MoeLayer::Saved block_sparse_moe;
+    DenseMlp::Saved mlp;  // a dense layer's, instead
   };
   struct Output {
     Tensor y;          // like x
@@ -76,7 +78,9 @@ class TransformerBlock {
   AttentionBlock& self_attn();
   TpAttention* tp_self_attn() { return tp_self_attn_ ? &*tp_self_attn_ : nullptr; }
   RmsNorm& post_attention_layernorm() { return post_attention_layernorm_; }
-  MoeLayer& block_sparse_moe() { return block_sparse_moe_; }
+  // Whether this layer is an MoE layer (else a dense MLP, --moe_layer_freq).
+  bool is_moe() const { return block_sparse_moe_.has_value(); }
+  MoeLayer& block_sparse_moe();  // dies for a dense layer
   const std::string& name() const { return name_; }
 
  private:
@@ -85,7 +89,8 @@ class TransformerBlock {
   std::optional<AttentionBlock> self_attn_;  // one TP rank
   std::optional<TpAttention> tp_self_attn_;  // TP > 1
   RmsNorm post_attention_layernorm_;
-  MoeLayer block_sparse_moe_;
+  std::optional<MoeLayer> block_sparse_moe_;
+  std::optional<DenseMlp> mlp_;  // "model.layers.{i}.mlp" in a dense layer
 };
 
 }  // namespace moe

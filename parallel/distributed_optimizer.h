@@ -79,6 +79,8 @@ class DistributedOptimizer {
   // than Step() wrote the parameters (a checkpoint or Hugging Face load).
   void CopyMastersFromParams();
   const GradBuckets& buckets() const { return buckets_; }
+  // For MarkReady from the model's backward (GradBuckets' overlap).
+  GradBuckets& mutable_buckets() { return buckets_; }
   // Elements of optimizer state per rank (master + exp_avg + exp_avg_sq).
   int64_t shard_elements() const { return shard_elements_; }
 

@@ -74,10 +74,8 @@ class GradBuckets {
   size_t issued() const { return handles_.size(); }
   // Waits for every reduction; in kAllReduce copies the sums back into the grads.
   void Finish();
-  void Reduce() {
-    Start();
-    Finish();
-  }
+  // The whole reduction: every bucket not yet issued by MarkReady, then wait.
+  void Reduce() { Finish(); }
 
   // Sum of squares, in double, of the elements this rank owns: its chunk of
   // every bucket, after Finish(). Summed over the DP group it is the squared

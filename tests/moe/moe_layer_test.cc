@@ -218,6 +218,8 @@ struct VariantCase {
   double capacity_factor = 0;
 };
 
+void PrintTo(const VariantCase& c, std::ostream* os) { *os << c.name; }
+
 class MoeLayerVariantTest : public ::testing::TestWithParam<VariantCase> {};
 
 TEST_P(MoeLayerVariantTest, BackwardMatchesFiniteDifferences) {

@@ -75,6 +75,9 @@ constexpr const char* kSigmoid =
     "--moe_router_load_balancing_type=aux_loss --moe_router_enable_expert_bias "
     "--moe_router_bias_update_rate=1e-2";
 constexpr const char* kSeqAux = "--moe_router_load_balancing_type=seq_aux_loss";
+constexpr const char* kVariants = "--moe_shared_expert_intermediate_size=24 --moe_use_residual";
+constexpr const char* kPyramid = "--num_experts=4,8 --moe_router_load_balancing_type=aux_loss";
+constexpr const char* kLayerFreq = "--moe_layer_freq=0,1";
 constexpr const char* kTp2 = "--tensor_model_parallel_size=2 --sequence_parallel";
 constexpr const char* kTp4 = "--tensor_model_parallel_size=4 --sequence_parallel";
 constexpr const char* kTp2Ep2 =
@@ -148,6 +151,31 @@ const Layout kLayouts[] = {
     {"cap_tp2", 2, "", kCapacityTp2, /*reference=*/true},
     {"cap_tp2_dp2", 4, "", kCapacityTp2},
     {"cap_tp2_ep2", 2, "--expert_model_parallel_size=2", kCapacityTp2},
+    // Expert tensor parallelism: each expert's width split over ETP ranks,
+    // alone, folded with EP, under TP, with both dispatchers.
+    {"etp2", 2, "--expert_tensor_parallel_size=2"},
+    {"etp2_ep2", 4, "--expert_tensor_parallel_size=2 --expert_model_parallel_size=2"},
+    {"etp2_allgather_distopt", 4,
+     "--expert_tensor_parallel_size=2 --moe_token_dispatcher_type=allgather "
+     "--use_distributed_optimizer"},
+    {"tp2_etp2", 2,
+     "--tensor_model_parallel_size=2 --sequence_parallel "
+     "--expert_tensor_parallel_size=2"},
+    // Expert variants: a shared expert with Residual-MoE; PR-MoE (4 then 8
+    // experts); a dense layer between MoE layers (--moe_layer_freq).
+    {"variants_dp1", 0, "", kVariants},
+    {"variants_ep2_etp2", 4, "--expert_model_parallel_size=2 --expert_tensor_parallel_size=2",
+     kVariants},
+    {"variants_tp2", 2, kTp2, kVariants},
+    {"pyramid_dp1", 0, "", kPyramid},
+    {"pyramid_ep4", 4, "--expert_model_parallel_size=4", kPyramid},
+    {"pyramid_tp2_ep2", 2, kTp2Ep2, kPyramid},
+    {"freq_dp1", 0, "", kLayerFreq},
+    {"freq_ep2", 2, "--expert_model_parallel_size=2", kLayerFreq},
+    {"freq_tp2_dp2_distopt", 4,
+     "--tensor_model_parallel_size=2 --sequence_parallel "
+     "--use_distributed_optimizer",
+     kLayerFreq},
 };
 
 constexpr double kTolerance = 1e-5;
