@@ -246,7 +246,12 @@ TEST_F(CheckpointE2eTest, ACheckpointResumesUnderEveryLayout) {
       {"saved_dp2_distopt", 2, " --use_distributed_optimizer"},
       {"saved_ep2", 2, " --expert_model_parallel_size=2"},
       {"saved_tp4_distopt", 4,
-       " --tensor_model_parallel_size=4 --sequence_parallel --use_distributed_optimizer"}};
+       " --tensor_model_parallel_size=4 --sequence_parallel --use_distributed_optimizer"},
+      // Issue 7's case: TP 2 x EP 2 (experts split over EP and folded over
+      // TP x DP, attention over TP), with ETP 2 for good measure.
+      {"saved_tp2_ep2_etp2", 4,
+       " --tensor_model_parallel_size=2 --sequence_parallel --expert_model_parallel_size=2 "
+       "--expert_tensor_parallel_size=2"}};
   const Layout kLoaded[] = {
       {"one_rank", 0, ""},
       {"dp2", 2, ""},
