@@ -162,6 +162,9 @@ int Run(moe::Communicator* world) {
     if (log.has_value()) {
       log->AddObserver([m = metrics.get()](const moe::StepStats& stats) {
         m->ObserveStep(stats);
+        if (stats.comm_exposed_s > 0 || stats.comm_hidden_s > 0) {
+          m->ObserveCommunication(stats.comm_exposed_s, stats.comm_hidden_s);
+        }
         // Per-layer per-expert load (counts are exact integers held in doubles).
         if (!stats.expert_tokens.empty()) {
           auto counts = [](const std::vector<std::vector<double>>& values) {

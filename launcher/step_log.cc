@@ -46,6 +46,10 @@ Json StepRecord(const StepStats& stats) {
     for (double v : values) out.Append(Number(v));
     return out;
   };
+  if (stats.comm_exposed_s > 0 || stats.comm_hidden_s > 0) {
+    record.Set("comm_exposed_s", Number(stats.comm_exposed_s));
+    record.Set("comm_hidden_s", Number(stats.comm_hidden_s));
+  }
   if (!stats.expert_tokens.empty()) {
     record.Set("expert_tokens", matrix(stats.expert_tokens));
     record.Set("expert_dropped", matrix(stats.expert_dropped));

@@ -46,14 +46,19 @@ struct StepStats {
   std::vector<std::vector<double>> expert_dropped;
   std::vector<double> router_entropy;
   std::vector<double> load_balance;
+  // This rank's communication during the step (Communicator::Times): time
+  // spent waiting for collectives, and time they ran behind compute.
+  double comm_exposed_s = 0;
+  double comm_hidden_s = 0;
 };
 
 // The JSONL record: step, loss, lm_loss, aux_loss, z_loss, lr, grad_norm,
 // tokens_per_s, step_s, then val_loss at evaluation steps and "skipped": true
 // for a skipped step, then (when the step has them) entropy_loss and the
 // expert metrics expert_tokens / expert_dropped ([layer][expert]),
-// router_entropy and load_balance ([layer]). Non-finite numbers (a diverged
-// step) are null.
+// router_entropy and load_balance ([layer]), then comm_exposed_s and
+// comm_hidden_s on multi-rank runs. Non-finite numbers (a diverged step) are
+// null.
 Json StepRecord(const StepStats& stats);
 
 // `step 10/300 | loss 4.1234 | lm 4.1200 | aux 2.0012 | lr 3.0e-04 | grad 1.234 | 12.3k tok/s

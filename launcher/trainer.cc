@@ -529,6 +529,7 @@ absl::StatusOr<StepStats> Trainer::Step() {
   const int64_t num_local_micro = local / options_.micro_batch_size;
   StepStats stats;
   stats.step = step_ + 1;
+  const Communicator::CommTime comm_before = world_->Times();
 
   if (absl::Status s = LoadSamples(/*validation=*/false, step_ * gbs + dp_->rank() * local, local);
       !s.ok()) {
@@ -641,6 +642,9 @@ absl::StatusOr<StepStats> Trainer::Step() {
     ++consecutive_nonfinite_;
   }
   ++step_;
+  const Communicator::CommTime comm_after = world_->Times();
+  stats.comm_exposed_s = comm_after.exposed_s - comm_before.exposed_s;
+  stats.comm_hidden_s = comm_after.hidden_s - comm_before.hidden_s;
   stats.step_s = Seconds(std::chrono::steady_clock::now() - start);
   stats.tokens_per_s =
       stats.step_s > 0 ? static_cast<double>(gbs * options_.seq_length) / stats.step_s : 0.0;

@@ -106,6 +106,17 @@ class Communicator {
   // MpiCommunicator). Never blocks.
   virtual void Progress() {}
 
+  // Communication time of every operation completed so far, cumulative over
+  // this communicator and every group split from it: `exposed_s` is how long
+  // callers waited in Wait() for operations still running, `hidden_s` how
+  // long operations ran while the caller computed (issue to completion,
+  // minus the exposed part). Implementations that cannot tell report zeros.
+  struct CommTime {
+    double exposed_s = 0;
+    double hidden_s = 0;
+  };
+  virtual CommTime Times() const { return {}; }
+
   // Convenience: issue and wait.
   void AllReduceSync(Tensor data, ReduceOp op) { AllReduce(std::move(data), op)->Wait(); }
 

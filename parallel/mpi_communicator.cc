@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -79,6 +80,10 @@ struct MpiCommunicator::Op {
   int expected_count = -1;
   MPI_Datatype datatype = MPI_DATATYPE_NULL;
   std::atomic<bool> done{false};
+  // Issue and completion times (completion set under the engine's lock
+  // before `done`), for Communicator::Times().
+  std::chrono::steady_clock::time_point issued_at = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point completed_at;
   std::vector<Tensor> keep_alive;
   // AllToAllV: rows per peer, then element counts and displacements.
   std::vector<int64_t> rows_out, rows_in;
@@ -94,6 +99,9 @@ struct MpiCommunicator::Engine {
   std::vector<std::shared_ptr<Op>> outstanding;
   bool stop = false;
   std::thread thread;
+  // Communicator::Times(), summed over every finished operation (under mu).
+  double exposed_s = 0;
+  double hidden_s = 0;
 
   ~Engine() {
     if (thread.joinable()) {
@@ -132,6 +140,7 @@ struct MpiCommunicator::Engine {
       if (op.next) {
         op.waiting_for_turn = true;
       } else {
+        op.completed_at = std::chrono::steady_clock::now();
         op.done.store(true, std::memory_order_release);
       }
     }
@@ -174,6 +183,7 @@ class MpiHandle final : public Handle {
   void Wait() override {
     if (finished_) return;
     const auto start = std::chrono::steady_clock::now();
+    if (!waited_since_.has_value()) waited_since_ = start;
     const double timeout = engine_->options.wait_timeout_s;
     for (int64_t spins = 1; !op_->done.load(std::memory_order_acquire); ++spins) {
       {
@@ -211,11 +221,25 @@ class MpiHandle final : public Handle {
  private:
   void Finish() {
     finished_ = true;
+    {
+      // Exposed: from the first Wait() to completion (0 if it completed
+      // before anyone waited); hidden: the rest of issue to completion.
+      using Seconds = std::chrono::duration<double>;
+      const auto issued = op_->issued_at, completed = op_->completed_at;
+      const double total = std::max(0.0, Seconds(completed - issued).count());
+      const double exposed = waited_since_.has_value()
+                                 ? std::max(0.0, Seconds(completed - *waited_since_).count())
+                                 : 0.0;
+      std::lock_guard lock(engine_->mu);
+      engine_->exposed_s += std::min(exposed, total);
+      engine_->hidden_s += total - std::min(exposed, total);
+    }
     if (finish_) finish_(*op_);
     op_->keep_alive.clear();
   }
 
   std::shared_ptr<Engine> engine_;
+  std::optional<std::chrono::steady_clock::time_point> waited_since_;
   std::shared_ptr<Op> op_;
   std::function<void(Op&)> finish_;
   bool finished_ = false;
@@ -312,6 +336,11 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 bool MpiCommunicator::has_progress_thread() const { return engine_->use_thread; }
+
+Communicator::CommTime MpiCommunicator::Times() const {
+  std::lock_guard lock(engine_->mu);
+  return {.exposed_s = engine_->exposed_s, .hidden_s = engine_->hidden_s};
+}
 
 void MpiCommunicator::Progress() {
   std::lock_guard lock(engine_->mu);

@@ -76,6 +76,7 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string name() const override { return "mpi"; }
   bool has_progress_thread() const;
+  CommTime Times() const override;
 
   HandlePtr AllReduce(Tensor data, ReduceOp op) override;
   HandlePtr ReduceScatter(Tensor output, const Tensor& input) override;

@@ -68,6 +68,8 @@ class SimulatedNetwork final : public Communicator {
   HandlePtr Barrier() override;
   std::unique_ptr<Communicator> Split(int color, int key) override;
   void Progress() override { inner_->Progress(); }
+  // The transport's times (the modelled delay is not in them).
+  CommTime Times() const override { return inner_->Times(); }
 
  private:
   HandlePtr DoAllToAllV(Tensor* output, std::vector<int64_t>* recv_counts, const Tensor& input,

@@ -132,6 +132,14 @@ scrape_configs:
                 u.check(len(got) == 1 and got[0] == want,
                         f"layer {layer} expert {expert}: Prometheus has {got}, the log {want}")
         print(f"moe_train_expert_tokens_total        {len(tokens)} series equal the log's sums")
+        # Communication time (rank 0's, a 2-rank run): the counters are the log's sums.
+        for query, key in (("moe_train_communication_exposed_seconds_total", "comm_exposed_s"),
+                           ("moe_train_communication_hidden_seconds_total", "comm_hidden_s")):
+            want = sum(r.get(key, 0.0) for r in records)
+            got = single(prometheus_port, query, at)
+            u.check(want > 0 and abs(got - want) <= TOLERANCE * want,
+                    f"{query}: Prometheus has {got}, the log's sum is {want}")
+            print(f"{query:36s} Prometheus {got:.6g}  log {want:.6g}")
 
         # Model FLOP/s and MFU follow from the logged step time.
         flops = single(prometheus_port, "moe_train_model_flops_per_second", at)

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <memory>
+#include <thread>
 
 #include "parallel/simulated_network.h"
 #include "tests/parallel/comm_suite.h"
@@ -23,6 +24,30 @@ TEST(MpiCommunicatorTest, HasAProgressThreadWhereMpiAllowsIt) {
   int provided = 0;
   MPI_Query_thread(&provided);
   EXPECT_EQ(World().has_progress_thread(), provided == MPI_THREAD_MULTIPLE);
+}
+
+// Times(): an operation waited for as soon as it is issued is all exposed;
+// one that completes while the caller sleeps is all hidden. Totals grow and
+// cover the groups split from the world (they share the progress engine).
+TEST(MpiCommunicatorTest, TimesSplitExposedFromHidden) {
+  MpiCommunicator& world = World();
+  if (world.size() < 2) GTEST_SKIP() << "one rank communicates nothing";
+  const Communicator::CommTime t0 = world.Times();
+  Tensor big = Tensor::Zeros({1 << 20}, DType::kF32);
+  world.AllReduce(big, ReduceOp::kSum)->Wait();
+  const Communicator::CommTime t1 = world.Times();
+  EXPECT_GT(t1.exposed_s, t0.exposed_s) << "waited at once: exposed time must grow";
+  HandlePtr h = world.AllReduce(Tensor::Zeros({16}, DType::kF32), ReduceOp::kSum);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // "compute"
+  h->Wait();
+  const Communicator::CommTime t2 = world.Times();
+  EXPECT_GT(t2.hidden_s, t1.hidden_s) << "completed during the sleep: hidden time must grow";
+  EXPECT_LT(t2.exposed_s - t1.exposed_s, 0.1) << "it was done long before Wait()";
+  std::unique_ptr<Communicator> half = world.Split(world.rank() % 2, world.rank());
+  if (half->size() > 1) {
+    half->AllReduce(big, ReduceOp::kSum)->Wait();
+    EXPECT_GT(world.Times().exposed_s, t2.exposed_s) << "a split group shares the totals";
+  }
 }
 
 TEST(MpiCommunicatorTest, AllReduceSum) { testing::CheckAllReduceSum(World()); }
