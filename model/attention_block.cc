@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "model/residual.h"
+#include "core/layers/residual.h"
 
 namespace moe {
 

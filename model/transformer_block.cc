@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "model/residual.h"
+#include "core/layers/residual.h"
 
 namespace moe {
 namespace {

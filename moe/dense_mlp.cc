@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "core/check.h"
+#include "core/layers/residual.h"
 
 namespace moe {
 
@@ -23,20 +23,9 @@ Tensor DenseMlp::Forward(const Tensor& x, Saved* saved) const {
 Tensor DenseMlp::Backward(const Tensor& dy, const Saved& saved) {
   const Tensor dact = down_proj_.Backward(dy, saved.down_proj);
   const Swiglu::Grads d = act_.Backward(dact, saved.act);
-  Tensor dx = gate_proj_.Backward(d.dgate, saved.gate_proj);
-  const Tensor dx_up = up_proj_.Backward(d.dup, saved.up_proj);
   // dx = dx_gate + dx_up: both branches read x.
-  MOE_CHECK(dx.numel() == dx_up.numel()) << name_ << ": branch gradients differ in size";
-  if (dx.dtype() == DType::kF64) {
-    double* a = dx.data<double>();
-    const double* b = dx_up.data<double>();
-    for (int64_t i = 0; i < dx.numel(); ++i) a[i] += b[i];
-  } else {
-    float* a = dx.data<float>();
-    const float* b = dx_up.data<float>();
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < dx.numel(); ++i) a[i] += b[i];
-  }
+  Tensor dx = gate_proj_.Backward(d.dgate, saved.gate_proj);
+  ResidualAccumulate(name_.c_str(), &dx, up_proj_.Backward(d.dup, saved.up_proj));
   return dx;
 }
 

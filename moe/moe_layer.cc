@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/layers/residual.h"
 
 namespace moe {
 namespace {
@@ -18,23 +19,6 @@ const MoeOptions& CheckedOptions(const std::string& name, const MoeOptions& opti
   const absl::Status status = ValidateMoeOptions(options);
   MOE_CHECK(status.ok()) << name << ": " << status.message();
   return options;
-}
-
-template <typename T>
-void AddInto(const T* a, T* b, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) b[i] += a[i];
-}
-
-// b += a, elementwise (same shape and dtype).
-void AddInto(const Tensor& a, Tensor* b) {
-  MOE_CHECK(a.numel() == b->numel() && a.dtype() == b->dtype())
-      << "MoeLayer: cannot add " << a.Describe() << " into " << b->Describe();
-  if (a.dtype() == DType::kF64) {
-    AddInto(a.data<double>(), b->data<double>(), a.numel());
-  } else {
-    AddInto(a.data<float>(), b->data<float>(), a.numel());
-  }
 }
 
 }  // namespace
@@ -143,7 +127,7 @@ MoeLayer::Output MoeLayer::Forward(const Tensor& x, Saved* saved) const {
   dispatcher_->StartCombine(expert_out, &state);
   Tensor y_TH = dispatcher_->FinishCombine(&state);
   if (residual_.has_value()) y_TH = residual_->Mix(y_TH, &saved->residual);
-  if (shared.defined()) AddInto(shared, &y_TH);
+  if (shared.defined()) ResidualAccumulate(name_.c_str(), &y_TH, shared);
   out.y = y_TH.Reshape(x.shape());
   saved->rows_RH = std::move(in.rows_RH);
   saved->expert_offsets = std::move(in.expert_offsets);
@@ -182,10 +166,12 @@ Tensor MoeLayer::Backward(const Tensor& dy, const RouterLossGrads& losses, const
   // they run while the rows travel.
   Tensor dx_TH = router_.Backward(dweights_TK, losses, saved.router);
   if (shared_expert_.has_value()) {
-    AddInto(shared_expert_->Backward(dy_TH, saved.shared_expert), &dx_TH);
+    ResidualAccumulate(name_.c_str(), &dx_TH, shared_expert_->Backward(dy_TH, saved.shared_expert));
   }
-  if (residual_.has_value()) AddInto(residual_->BranchBackward(dy_TH, saved.residual), &dx_TH);
-  AddInto(dispatcher_->FinishDispatchBackward(state), &dx_TH);
+  if (residual_.has_value()) {
+    ResidualAccumulate(name_.c_str(), &dx_TH, residual_->BranchBackward(dy_TH, saved.residual));
+  }
+  ResidualAccumulate(name_.c_str(), &dx_TH, dispatcher_->FinishDispatchBackward(state));
   return dx_TH.Reshape(dy.shape());
 }
 

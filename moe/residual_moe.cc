@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "core/layers/residual.h"
 
 namespace moe {
 namespace {
@@ -47,17 +48,6 @@ void CoefficientGrad(T* dlogits, const T* dy, const T* moe, const T* mlp, const 
     const T mean = c[2 * t] * g0 + c[2 * t + 1] * g1;
     dlogits[2 * t] = c[2 * t] * (g0 - mean);
     dlogits[2 * t + 1] = c[2 * t + 1] * (g1 - mean);
-  }
-}
-
-void AddInto(const Tensor& a, Tensor* b) {
-  if (a.dtype() == DType::kF64) {
-    for (int64_t i = 0; i < a.numel(); ++i) b->data<double>()[i] += a.data<double>()[i];
-  } else {
-    float* out = b->data<float>();
-    const float* in = a.data<float>();
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < a.numel(); ++i) out[i] += in[i];
   }
 }
 
@@ -130,7 +120,7 @@ Tensor ResidualMoe::BranchBackward(const Tensor& dy_TH, const Saved& saved) {
                     saved.mlp_TH.data<float>(), c, tokens, hidden);
   }
   Tensor dx = mlp_.Backward(dmlp, saved.mlp);
-  AddInto(coefficient_.Backward(dlogits, saved.coefficient), &dx);
+  ResidualAccumulate(name_.c_str(), &dx, coefficient_.Backward(dlogits, saved.coefficient));
   return dx;
 }
 

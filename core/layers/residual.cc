@@ -1,4 +1,4 @@
-#include "model/residual.h"
+#include "core/layers/residual.h"
 
 #include <cstdint>
 
