@@ -5,7 +5,7 @@
 #include <limits>
 #include <vector>
 
-#include "core/ops/cpu/gemm.h"
+#include "core/layers/chunked_lm_head.h"
 
 namespace moe {
 namespace {
@@ -18,43 +18,16 @@ void CheckCpuFloat(const Tensor& t, const char* name) {
       << "CrossEntropy: " << name << " must be f32 or f64 on the CPU, got " << t.Describe();
 }
 
-// logits[:, :cols] = hidden W[v0 : v0 + cols]^T, row stride `ld`.
-template <typename T>
-void ChunkLogits(const Tensor& hidden, const Tensor& weight, int64_t v0, int64_t cols, T* logits,
-                 int64_t ld) {
-  const int64_t tokens = hidden.dim(0), h = hidden.dim(1);
-  cpu::Gemm<T>(false, true, tokens, cols, h, T(1), hidden.data<T>(), h, weight.data<T>() + v0 * h,
-               h, T(0), logits, ld);
-}
-
 template <typename T>
 CrossEntropy::Result ForwardCpu(const Tensor& hidden, const Tensor& weight, const Tensor& labels,
                                 int64_t chunk, Tensor* lse) {
-  const int64_t tokens = hidden.dim(0), vocab = weight.dim(0);
+  const int64_t tokens = hidden.dim(0);
   const int32_t* label = labels.data<int32_t>();
-  std::vector<T> logits(static_cast<size_t>(tokens * chunk));
-  // Running max and sum of exp(logit - max) per token, in double so that a
-  // long vocab does not lose digits in fp32.
   std::vector<double> m(static_cast<size_t>(tokens), -std::numeric_limits<double>::infinity());
   std::vector<double> s(static_cast<size_t>(tokens), 0.0);
   std::vector<double> label_logit(static_cast<size_t>(tokens), 0.0);
-  for (int64_t v0 = 0; v0 < vocab; v0 += chunk) {
-    const int64_t cols = std::min(chunk, vocab - v0);
-    ChunkLogits<T>(hidden, weight, v0, cols, logits.data(), chunk);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < tokens; ++r) {
-      const T* row = logits.data() + r * chunk;
-      double chunk_max = m[r];
-      for (int64_t c = 0; c < cols; ++c) chunk_max = std::max(chunk_max, double(row[c]));
-      double chunk_sum = 0;
-#pragma omp simd reduction(+ : chunk_sum)
-      for (int64_t c = 0; c < cols; ++c) chunk_sum += std::exp(double(row[c]) - chunk_max);
-      // exp(-inf) = 0 on the first chunk, where there is nothing to rescale.
-      s[r] = s[r] * std::exp(m[r] - chunk_max) + chunk_sum;
-      m[r] = chunk_max;
-      if (label[r] >= v0 && label[r] < v0 + cols) label_logit[r] = row[label[r] - v0];
-    }
-  }
+  chunked_lm_head::Statistics<T>(hidden, weight, label, /*vocab_begin=*/0, chunk, m.data(),
+                                 s.data(), label_logit.data());
   CrossEntropy::Result result{0.0, 0};
   T* lse_data = lse->data<T>();
   // Summed in token order: the same bits for any thread count.
@@ -66,36 +39,6 @@ CrossEntropy::Result ForwardCpu(const Tensor& hidden, const Tensor& weight, cons
     ++result.tokens;
   }
   return result;
-}
-
-template <typename T>
-void BackwardCpu(double scale, const Tensor& weight, const CrossEntropy::Saved& saved,
-                 int64_t chunk, Tensor* dhidden, Tensor* dweight) {
-  const Tensor& hidden = saved.hidden;
-  const int64_t tokens = hidden.dim(0), h = hidden.dim(1), vocab = weight.dim(0);
-  const int32_t* label = saved.labels.data<int32_t>();
-  const T* lse = saved.lse.data<T>();
-  std::vector<T> p(static_cast<size_t>(tokens * chunk));
-  dhidden->SetZero();
-  for (int64_t v0 = 0; v0 < vocab; v0 += chunk) {
-    const int64_t cols = std::min(chunk, vocab - v0);
-    ChunkLogits<T>(hidden, weight, v0, cols, p.data(), chunk);
-    // dlogits = scale * (softmax - onehot), zero for ignored tokens.
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < tokens; ++r) {
-      T* row = p.data() + r * chunk;
-      const T row_scale = label[r] < 0 ? T(0) : static_cast<T>(scale);
-      const T l = lse[r];
-#pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) row[c] = row_scale * std::exp(row[c] - l);
-      if (label[r] >= v0 && label[r] < v0 + cols) row[label[r] - v0] -= row_scale;
-    }
-    // dhidden += dlogits W_c;  dW_c += dlogits^T hidden.
-    cpu::Gemm<T>(false, false, tokens, h, cols, T(1), p.data(), chunk, weight.data<T>() + v0 * h, h,
-                 T(1), dhidden->data<T>(), h);
-    cpu::Gemm<T>(true, false, cols, h, tokens, T(1), p.data(), chunk, hidden.data<T>(), h, T(1),
-                 dweight->data<T>() + v0 * h, h);
-  }
 }
 
 }  // namespace
@@ -149,10 +92,13 @@ Tensor CrossEntropy::Backward(double scale, const Tensor& weight, const Saved& s
       << (dweight != nullptr ? dweight->Describe() : std::string("null"));
   const int64_t chunk = std::min(vocab_chunk_, weight.dim(0));
   Tensor dhidden = Tensor::Empty(saved.hidden.shape(), saved.hidden.dtype());
+  const int32_t* label = saved.labels.data<int32_t>();
   if (weight.dtype() == DType::kF64) {
-    BackwardCpu<double>(scale, weight, saved, chunk, &dhidden, dweight);
+    chunked_lm_head::Backward<double>(scale, saved.hidden, weight, label, saved.lse.data<double>(),
+                                      0, chunk, &dhidden, dweight);
   } else {
-    BackwardCpu<float>(scale, weight, saved, chunk, &dhidden, dweight);
+    chunked_lm_head::Backward<float>(scale, saved.hidden, weight, label, saved.lse.data<float>(), 0,
+                                     chunk, &dhidden, dweight);
   }
   return dhidden;
 }

@@ -84,14 +84,7 @@ Tensor ColumnParallelLinear::BackwardAsync(const Tensor& dy, const Saved& saved,
   if (gather != nullptr) gather->Wait();
 
   // Each rank's dx is its output slice's share: the sum over TP is dx.
-  Tensor dx = dx_full;
-  if (sequence_parallel_) {
-    *pending = ReduceScatterSequenceAsync(who, dx_full, tp_, &dx);
-  } else if (tp_->size() > 1) {
-    *pending = tp_->AllReduce(dx, ReduceOp::kSum);
-  } else {
-    *pending = std::make_unique<CompletedHandle>();
-  }
+  Tensor dx = ReduceOverTensorParallelAsync(who, dx_full, sequence_parallel_, tp_, pending);
   LocalLinearWeightGrad(who, dy2, x_full.Reshape({rows, in_features_}), &weight_.grad);
   return dx;
 }

@@ -59,14 +59,7 @@ Tensor RowParallelLinear::ForwardAsync(const Tensor& x, Saved* saved, HandlePtr*
   y_shape.back() = out_features_;
   const Tensor partial = LocalLinearForward(who, x.Reshape({rows, local_in}), w).Reshape(y_shape);
   saved->x = x;
-  if (sequence_parallel_) {
-    Tensor y;
-    *pending = ReduceScatterSequenceAsync(who, partial, tp_, &y);
-    return y;
-  }
-  *pending = tp_->size() > 1 ? tp_->AllReduce(partial, ReduceOp::kSum)
-                             : std::make_unique<CompletedHandle>();
-  return partial;
+  return ReduceOverTensorParallelAsync(who, partial, sequence_parallel_, tp_, pending);
 }
 
 Tensor RowParallelLinear::Forward(const Tensor& x, Saved* saved) const {

@@ -129,6 +129,18 @@ HandlePtr ReduceScatterSequenceAsync(std::string_view who, const Tensor& partial
   return KeepAlive(tp->ReduceScatter(*shard, send), {send});
 }
 
+Tensor ReduceOverTensorParallelAsync(std::string_view who, const Tensor& partial,
+                                     bool sequence_parallel, Communicator* tp, HandlePtr* pending) {
+  if (sequence_parallel) {
+    Tensor shard;
+    *pending = ReduceScatterSequenceAsync(who, partial, tp, &shard);
+    return shard;
+  }
+  *pending =
+      tp->size() > 1 ? tp->AllReduce(partial, ReduceOp::kSum) : std::make_unique<CompletedHandle>();
+  return partial;
+}
+
 Tensor ReduceScatterSequence(std::string_view who, const Tensor& partial, Communicator* tp) {
   Tensor shard;
   ReduceScatterSequenceAsync(who, partial, tp, &shard)->Wait();

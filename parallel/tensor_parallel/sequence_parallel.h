@@ -44,6 +44,14 @@ Tensor ReduceScatterSequence(std::string_view who, const Tensor& partial, Commun
 HandlePtr ReduceScatterSequenceAsync(std::string_view who, const Tensor& partial, Communicator* tp,
                                      Tensor* shard);
 
+// The output step of a layer whose ranks each computed an addend of y
+// (row-parallel linear, attention's o_proj, the input gradient of a
+// column-parallel layer): under sequence parallelism this rank's sequence
+// block of the sum (a reduce-scatter), otherwise the whole sum (all-reduced
+// in place in `partial`). The returned tensor is valid after *pending->Wait().
+Tensor ReduceOverTensorParallelAsync(std::string_view who, const Tensor& partial,
+                                     bool sequence_parallel, Communicator* tp, HandlePtr* pending);
+
 // full: [batch, seq, ...], the same on every rank -> this rank's block
 // [batch, seq/TP, ...] (a copy). No communication.
 Tensor SliceSequence(std::string_view who, const Tensor& full, Communicator* tp);

@@ -113,14 +113,7 @@ Tensor TpAttention::ForwardAsync(const Tensor& x, Saved* saved, HandlePtr* pendi
       LocalLinearForward(who, out.Reshape({tokens, local_heads_ * hd}), o_proj_.value)
           .Reshape({batch, seq, hidden});
   saved->x = x;
-  if (sequence_parallel_) {
-    Tensor y;
-    *pending = ReduceScatterSequenceAsync(name_, partial, tp_, &y);
-    return y;
-  }
-  *pending = tp_->size() > 1 ? tp_->AllReduce(partial, ReduceOp::kSum)
-                             : std::make_unique<CompletedHandle>();
-  return partial;
+  return ReduceOverTensorParallelAsync(name_, partial, sequence_parallel_, tp_, pending);
 }
 
 Tensor TpAttention::Forward(const Tensor& x, Saved* saved) const {
@@ -169,13 +162,8 @@ Tensor TpAttention::Backward(const Tensor& dy, const Saved& saved) {
   LocalLinearInputGrad(who, dk, k_proj_.value, true, &dx2);
   LocalLinearInputGrad(who, dv, v_proj_.value, true, &dx2);
   if (gather != nullptr) gather->Wait();
-  Tensor dx = dx_full;
   HandlePtr dx_pending;
-  if (sequence_parallel_) {
-    dx_pending = ReduceScatterSequenceAsync(name_, dx_full, tp_, &dx);
-  } else if (tp_->size() > 1) {
-    dx_pending = tp_->AllReduce(dx, ReduceOp::kSum);
-  }
+  Tensor dx = ReduceOverTensorParallelAsync(name_, dx_full, sequence_parallel_, tp_, &dx_pending);
 
   const Tensor x2 = x_full.Reshape({tokens, hidden});
   LocalLinearWeightGrad(who, dq, x2, &q_proj_.grad);

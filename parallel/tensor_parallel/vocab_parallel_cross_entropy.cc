@@ -5,7 +5,7 @@
 #include <limits>
 #include <vector>
 
-#include "core/ops/cpu/gemm.h"
+#include "core/layers/chunked_lm_head.h"
 #include "parallel/tensor_parallel/sequence_parallel.h"
 
 namespace moe {
@@ -18,74 +18,6 @@ void CheckCpuFloat(const Tensor& t, const char* name) {
             (t.dtype() == DType::kF32 || t.dtype() == DType::kF64))
       << kWho << ": " << name << " must be f32 or f64 on the CPU, got "
       << (t.defined() ? t.Describe() : std::string("an undefined tensor"));
-}
-
-// logits[:, :cols] = hidden W[v0 : v0 + cols]^T (local rows), row stride `ld`.
-template <typename T>
-void ChunkLogits(const Tensor& hidden, const Tensor& weight, int64_t v0, int64_t cols, T* logits,
-                 int64_t ld) {
-  const int64_t tokens = hidden.dim(0), h = hidden.dim(1);
-  cpu::Gemm<T>(false, true, tokens, cols, h, T(1), hidden.data<T>(), h, weight.data<T>() + v0 * h,
-               h, T(0), logits, ld);
-}
-
-// This rank's part: per token the max of its logits, the sum of
-// exp(logit - max) and the label's logit when the label is one of its rows.
-template <typename T>
-void LocalStatistics(const Tensor& hidden, const Tensor& weight, const int32_t* label,
-                     int64_t vocab_begin, int64_t chunk, double* m, double* s,
-                     double* label_logit) {
-  const int64_t tokens = hidden.dim(0), local_vocab = weight.dim(0);
-  std::vector<T> logits(static_cast<size_t>(tokens * chunk));
-  for (int64_t v0 = 0; v0 < local_vocab; v0 += chunk) {
-    const int64_t cols = std::min(chunk, local_vocab - v0);
-    ChunkLogits<T>(hidden, weight, v0, cols, logits.data(), chunk);
-    const int64_t g0 = vocab_begin + v0;
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < tokens; ++r) {
-      const T* row = logits.data() + r * chunk;
-      double chunk_max = m[r];
-      for (int64_t c = 0; c < cols; ++c) chunk_max = std::max(chunk_max, double(row[c]));
-      double chunk_sum = 0;
-#pragma omp simd reduction(+ : chunk_sum)
-      for (int64_t c = 0; c < cols; ++c) chunk_sum += std::exp(double(row[c]) - chunk_max);
-      // exp(-inf) = 0 on the first chunk, where there is nothing to rescale.
-      s[r] = s[r] * std::exp(m[r] - chunk_max) + chunk_sum;
-      m[r] = chunk_max;
-      if (label[r] >= g0 && label[r] < g0 + cols) label_logit[r] = row[label[r] - g0];
-    }
-  }
-}
-
-template <typename T>
-void BackwardCpu(double scale, const Tensor& weight, const VocabParallelCrossEntropy::Saved& saved,
-                 int64_t vocab_begin, int64_t chunk, Tensor* dhidden, Tensor* dweight) {
-  const Tensor hidden = saved.hidden.Reshape({saved.lse.numel(), weight.dim(1)});
-  const int64_t tokens = hidden.dim(0), h = hidden.dim(1), local_vocab = weight.dim(0);
-  const int32_t* label = saved.labels.data<int32_t>();
-  const T* lse = saved.lse.data<T>();
-  std::vector<T> p(static_cast<size_t>(tokens * chunk));
-  dhidden->SetZero();
-  for (int64_t v0 = 0; v0 < local_vocab; v0 += chunk) {
-    const int64_t cols = std::min(chunk, local_vocab - v0);
-    const int64_t g0 = vocab_begin + v0;
-    ChunkLogits<T>(hidden, weight, v0, cols, p.data(), chunk);
-    // dlogits = scale * (softmax - onehot), zero for ignored tokens.
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < tokens; ++r) {
-      T* row = p.data() + r * chunk;
-      const T row_scale = label[r] < 0 ? T(0) : static_cast<T>(scale);
-      const T l = lse[r];
-#pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) row[c] = row_scale * std::exp(row[c] - l);
-      if (label[r] >= g0 && label[r] < g0 + cols) row[label[r] - g0] -= row_scale;
-    }
-    // dhidden += dlogits W_c;  dW_c += dlogits^T hidden.
-    cpu::Gemm<T>(false, false, tokens, h, cols, T(1), p.data(), chunk, weight.data<T>() + v0 * h, h,
-                 T(1), dhidden->data<T>(), h);
-    cpu::Gemm<T>(true, false, cols, h, tokens, T(1), p.data(), chunk, hidden.data<T>(), h, T(1),
-                 dweight->data<T>() + v0 * h, h);
-  }
 }
 
 }  // namespace
@@ -143,9 +75,11 @@ VocabParallelCrossEntropy::Result VocabParallelCrossEntropy::Forward(const Tenso
   double* label_logit = s + tokens;
   std::fill_n(m, tokens, -std::numeric_limits<double>::infinity());
   if (hidden.dtype() == DType::kF64) {
-    LocalStatistics<double>(hidden2, weight, label, vocab_begin, chunk, m, s, label_logit);
+    chunked_lm_head::Statistics<double>(hidden2, weight, label, vocab_begin, chunk, m, s,
+                                        label_logit);
   } else {
-    LocalStatistics<float>(hidden2, weight, label, vocab_begin, chunk, m, s, label_logit);
+    chunked_lm_head::Statistics<float>(hidden2, weight, label, vocab_begin, chunk, m, s,
+                                       label_logit);
   }
   if (tp_->size() > 1) {
     const Tensor local_max = max_t.Clone();
@@ -186,10 +120,14 @@ Tensor VocabParallelCrossEntropy::Backward(double scale, const Tensor& weight, c
   const int64_t vocab_begin = tp_->rank() * weight.dim(0);
   Tensor dhidden = Tensor::Empty(saved.hidden.shape(), saved.hidden.dtype());
   Tensor dhidden2 = dhidden.Reshape({saved.lse.numel(), weight.dim(1)});
+  const Tensor hidden2 = saved.hidden.Reshape({saved.lse.numel(), weight.dim(1)});
+  const int32_t* label = saved.labels.data<int32_t>();
   if (weight.dtype() == DType::kF64) {
-    BackwardCpu<double>(scale, weight, saved, vocab_begin, chunk, &dhidden2, dweight);
+    chunked_lm_head::Backward<double>(scale, hidden2, weight, label, saved.lse.data<double>(),
+                                      vocab_begin, chunk, &dhidden2, dweight);
   } else {
-    BackwardCpu<float>(scale, weight, saved, vocab_begin, chunk, &dhidden2, dweight);
+    chunked_lm_head::Backward<float>(scale, hidden2, weight, label, saved.lse.data<float>(),
+                                     vocab_begin, chunk, &dhidden2, dweight);
   }
   // Each rank's dhidden comes from its own vocab rows: the sum over TP is it.
   if (sequence_parallel_) return ReduceScatterSequence(kWho, dhidden, tp_);
