@@ -39,12 +39,24 @@ void DropByWeight(int32_t* ids, const T* weights, int64_t num_pairs, int64_t num
   for (int64_t p = 0; p < num_pairs; ++p) {
     if (ids[p] != kUnrouted) pairs_of[ids[p]].push_back(p);
   }
+  std::vector<int64_t> key;  // filled when an expert is first over capacity
   for (int64_t e = 0; e < num_experts; ++e) {
     std::vector<int64_t>& pairs = pairs_of[e];
     if (static_cast<int64_t>(pairs.size()) <= capacity) continue;
-    // Largest weight first; stable, so equal weights keep token order.
+    // Largest weight first, compared on a grid of 2^-20; stable, so weights
+    // in one cell keep token order. Tokens with the same hidden state (a
+    // repeated token at the start of a sequence: attention averages equal
+    // values) tie exactly in exact math, but fp rounding that depends on the
+    // layout (batch split, reduction order) would break the tie at random and
+    // make the drop, and so the loss, depend on the layout.
+    if (key.empty()) {
+      key.resize(static_cast<size_t>(num_pairs));
+      for (int64_t p = 0; p < num_pairs; ++p) {
+        key[p] = static_cast<int64_t>(std::floor(double(weights[p]) * 0x1p20));
+      }
+    }
     std::stable_sort(pairs.begin(), pairs.end(),
-                     [&](int64_t a, int64_t b) { return weights[a] > weights[b]; });
+                     [&](int64_t a, int64_t b) { return key[a] > key[b]; });
     for (size_t i = static_cast<size_t>(capacity); i < pairs.size(); ++i) ids[pairs[i]] = kUnrouted;
     (*dropped)[e] += static_cast<double>(pairs.size()) - static_cast<double>(capacity);
   }

@@ -4,8 +4,10 @@
 // Each rank drops on its own tokens, before anything is dispatched:
 //   capacity = ceil(T * K / E * capacity_factor)      T local tokens
 // and every expert keeps at most `capacity` of the (token, choice) pairs
-// routed to it: the ones with the largest routing weight (policy kProbs,
-// ties to the earlier pair) or the first ones in token order (kPosition).
+// routed to it: the ones with the largest routing weight (policy kProbs;
+// weights within the same 2^-20 step count as ties, which go to the earlier
+// pair, so that rounding noise never decides a drop) or the first ones in
+// token order (kPosition).
 // A dropped pair's id becomes kUnrouted: it is neither computed nor combined,
 // so its weight gets no gradient, and the token keeps its other choices (a
 // token whose every choice is dropped passes the layer as zero, i.e. only the

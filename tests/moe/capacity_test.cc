@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
 #include "moe/permutation.h"
@@ -49,6 +50,22 @@ TEST(DropOverCapacityTest, ByProbsKeepsTheHeaviestPairsTiesToTheEarlierToken) {
   EXPECT_EQ(Values(ids),
             (std::vector<int32_t>{0, 1, 2, kUnrouted, 1, kUnrouted, 0, kUnrouted, kUnrouted, 2}));
   EXPECT_EQ(dropped, (std::vector<double>{2, 0, 2}));
+}
+
+// Weights that differ by rounding noise (an ulp, as the same token's weight
+// computed under two layouts) are a tie, which goes to the earlier token, so
+// the layout never decides a drop; a difference of 1e-5 still decides it.
+TEST(DropOverCapacityTest, ByProbsTreatsRoundingNoiseAsATie) {
+  std::vector<double> dropped;
+  const float w = 0.4f, w_up = std::nextafter(w, 1.0f);
+  // One expert, capacity 1, three tokens: token 0 and 2 at w, token 1 an ulp above.
+  Tensor kept = DropOverCapacity(I32(3, 1, {0, 0, 0}), F32(3, 1, {w, w_up, w}), 1, 1,
+                                 DropPolicy::kProbs, &dropped);
+  EXPECT_EQ(Values(kept), (std::vector<int32_t>{0, kUnrouted, kUnrouted}));
+  kept = DropOverCapacity(I32(3, 1, {0, 0, 0}), F32(3, 1, {w, w + 1e-5f, w}), 1, 1,
+                          DropPolicy::kProbs, &dropped);
+  EXPECT_EQ(Values(kept), (std::vector<int32_t>{kUnrouted, 0, kUnrouted}));
+  EXPECT_EQ(dropped, (std::vector<double>{4}));
 }
 
 TEST(DropOverCapacityTest, ByPositionKeepsTheFirstPairsInTokenOrder) {
