@@ -8,3 +8,8 @@ set_property(CACHE MOE_CUDA PROPERTY STRINGS AUTO ON OFF)
 # Python interpreter with torch/transformers/safetensors/numpy for the reference checks.
 set(MOE_PYTHON "$ENV{HOME}/.cache/moe-train/venv/bin/python" CACHE FILEPATH
     "Python with torch, transformers, safetensors and numpy (scripts/install-deps.sh makes it)")
+# Our own CPU kernels (SwiGLU, softmax, attention, norms, AdamW) vectorise for
+# the build machine's instruction set (AVX2 + FMA on current x86 servers)
+# instead of baseline SSE2. OpenBLAS picks its kernels at run time either way.
+# Turn it off to build binaries for a cluster whose nodes differ from this one.
+option(MOE_NATIVE_ARCH "Compile the C++ code with -march=native" ON)
