@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# bench/scaling: step time of the mixtral-tiny recipe on 1, 2 and 4
-# data-parallel ranks under mpirun, plus DP=2 on a simulated 10 us /
-# 10 Gbit/s network (--sim_latency_us / --sim_bandwidth_gbps), with the
-# speed-up relative to one rank.
+# bench/scaling: step time of the mixtral-tiny recipe on 1, 2 and 4 ranks
+# under mpirun (data parallel; tensor + sequence parallel; both; expert
+# parallel), plus DP=2 and TP=2 on a simulated 10 us / 10 Gbit/s network
+# (--sim_latency_us / --sim_bandwidth_gbps), with the speed-up relative to
+# one rank.
 #
 # The corpus is built by examples/data/make_dataset.sh into a temporary
 # directory; each run writes --log_jsonl there, and the step time is the
 # median (with min and max) of step_s over steps 5..TRAIN_ITERS (the first
 # steps touch fresh memory and warm the caches). The recipe's global batch of
 # 16 is kept, in micro-batches of 4 on every run (DP=4 needs 16 % (M * 4) ==
-# 0), so that all runs do the same work per step. Every rank gets
+# 0), so that all runs do the same work per step. The vocabulary is padded
+# from 257 to 260 on every run, so that TP = 4 divides the embedding and LM
+# head rows (the 3 extra ids never occur in the data). Every rank gets
 # --threads = cores / ranks (at least 1), so the runs share the same cores.
 # --bind-to none: OpenMPI binds each of up to 2 ranks to one core, which
 # would put all of a single rank's threads on one core (measured: 0.17 s
@@ -42,6 +45,12 @@ RUNS=(
   "dp2 2"
   "dp4 4"
   "dp2_sim10us_10Gbit 2 --sim_latency_us=10 --sim_bandwidth_gbps=10"
+  "tp2_sp 2 --tensor_model_parallel_size=2 --sequence_parallel"
+  "tp4_sp 4 --tensor_model_parallel_size=4 --sequence_parallel"
+  "tp2_sp_dp2 4 --tensor_model_parallel_size=2 --sequence_parallel"
+  "tp2_sp_sim10us_10Gbit 2 --tensor_model_parallel_size=2 --sequence_parallel --sim_latency_us=10 --sim_bandwidth_gbps=10"
+  "ep2 2 --expert_model_parallel_size=2"
+  "tp2_sp_ep2 2 --tensor_model_parallel_size=2 --sequence_parallel --expert_model_parallel_size=2"
 )
 
 # Prints "median min max" of step_s over steps FIRST..ITERS of a step log.
@@ -68,7 +77,7 @@ for run in "${RUNS[@]}"; do
   if ! OMP_NUM_THREADS="$threads" "$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -n "$ranks" \
       -x OMP_NUM_THREADS "$TRAIN" --flagfile=examples/recipes/mixtral-tiny.flags \
       --data_path="$TMP/data/corpus_train_text_document" --valid_data_path= \
-      --micro_batch_size=4 --train_iters="$ITERS" --lr_warmup_iters=0 --log_interval=1000 --threads="$threads" \
+      --vocab_size=260 --micro_batch_size=4 --train_iters="$ITERS" --lr_warmup_iters=0 --log_interval=1000 --threads="$threads" \
       --log_jsonl="$log" $extra >"$TMP/$name.out" 2>&1; then
     echo "scaling.sh: $name failed:" >&2
     cat "$TMP/$name.out" >&2
