@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/ops/cpu/fast_exp.h"
 #include "core/ops/cpu/gemm.h"
 
 namespace moe::cpu {
@@ -52,7 +53,8 @@ void Probabilities(T* p, int64_t ldp, const T* lse, int64_t rows, int64_t cols, 
     T* pr = p + r * ldp;
     const int64_t visible = VisibleKeys(i0, r, j0, cols);
     const T l = lse[r];
-    for (int64_t c = 0; c < visible; ++c) pr[c] = std::exp(pr[c] - l);
+#pragma omp simd
+    for (int64_t c = 0; c < visible; ++c) pr[c] = FastExp(pr[c] - l);
     for (int64_t c = visible; c < cols; ++c) pr[c] = T(0);
   }
 }
@@ -114,12 +116,15 @@ void AttentionForward(T* out, T* lse, const T* q, const T* k, const T* v,
             for (int64_t r = 0; r < rows; ++r) {
               T* sr = s_blk.data() + r * bs;
               const int64_t visible = VisibleKeys(i0, r, j0, cols);
-              double row_max = m[r];
-              for (int64_t c = 0; c < visible; ++c) row_max = std::max(row_max, double(sr[c]));
+              T block_max = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : block_max)
+              for (int64_t c = 0; c < visible; ++c) block_max = std::max(block_max, sr[c]);
+              const double row_max = std::max(m[r], double(block_max));
               const T shift = static_cast<T>(row_max);
               double row_sum = 0;
+#pragma omp simd reduction(+ : row_sum)
               for (int64_t c = 0; c < visible; ++c) {
-                sr[c] = std::exp(sr[c] - shift);
+                sr[c] = FastExp(sr[c] - shift);
                 row_sum += sr[c];
               }
               for (int64_t c = visible; c < cols; ++c) sr[c] = T(0);
